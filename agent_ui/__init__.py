@@ -1,0 +1,1 @@
+"""Agent console, supervisor wallboard and admin pages (issues 5, 6)."""

@@ -1,0 +1,26 @@
+"""Channel adapters: one module per provider. Each verifies and parses the provider's inbound
+webhooks into ``InboundMessage`` (handing it to ``contact_center``'s ingest), sends
+``OutboundMessage`` through the provider's SDK, and maps delivery statuses. None of them writes
+to the database directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contact_center.outbound import ChannelSender
+
+
+def senders() -> dict[str, ChannelSender]:
+    """Channel kind -> sender, for the outbound job."""
+    from channels import twilio
+
+    sms = twilio.TwilioSender()
+    return {"sms": sms, "whatsapp": sms}
+
+
+def route_handlers() -> list[Any]:
+    """The provider-facing HTTP routes (webhooks)."""
+    from channels import twilio
+
+    return [*twilio.route_handlers]

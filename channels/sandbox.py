@@ -1,0 +1,105 @@
+"""The demo's provider sandbox: answers like each provider's API, records what it received
+(listed at ``/demo/outbox``) and, like Twilio, calls back with delivery statuses.
+
+Only the demo mounts it; tests use their own stand-ins under ``tests/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotAuthorizedException
+from twilio.request_validator import RequestValidator
+
+log = logging.getLogger(__name__)
+
+_outbox: deque[dict[str, Any]] = deque(maxlen=500)
+_counter = itertools.count(1)
+_tasks: set[asyncio.Task[None]] = set()
+TWILIO_TOKENS: dict[str, str] = {}  # account sid -> auth token, set by the demo
+
+
+def received() -> list[dict[str, Any]]:
+    return list(_outbox)
+
+
+async def _twilio_status_callbacks(url: str, sid: str, account: str) -> None:
+    token = TWILIO_TOKENS.get(account, "")
+    async with httpx.AsyncClient(timeout=5) as client:
+        for status in ("sent", "delivered"):
+            await asyncio.sleep(0.5)
+            params = {"MessageSid": sid, "MessageStatus": status, "AccountSid": account}
+            signature = RequestValidator(token).compute_signature(url, params)
+            try:
+                await client.post(url, data=params, headers={"X-Twilio-Signature": signature})
+            except httpx.HTTPError as exc:
+                log.warning("sandbox status callback failed: %s", exc)
+
+
+@post("/demo/sandbox/twilio/2010-04-01/Accounts/{account:str}/Messages.json", status_code=201)
+async def twilio_create_message(request: Request[Any, Any, Any], account: str) -> dict[str, Any]:
+    if account not in TWILIO_TOKENS or request.headers.get("authorization") is None:
+        raise NotAuthorizedException("Authenticate")
+    form = dict((await request.form()).items())
+    sid = "SM" + secrets.token_hex(16)
+    record = {
+        "n": next(_counter),
+        "provider": "twilio",
+        "at": datetime.now(UTC).isoformat(),
+        "to": form.get("To"),
+        "from": form.get("From"),
+        "body": form.get("Body"),
+        "sid": sid,
+    }
+    _outbox.appendleft(record)
+    if callback := form.get("StatusCallback"):
+        task = asyncio.create_task(_twilio_status_callbacks(str(callback), sid, account))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+    return {
+        "sid": sid,
+        "account_sid": account,
+        "to": form.get("To"),
+        "from": form.get("From"),
+        "body": form.get("Body"),
+        "status": "queued",
+        "num_segments": "1",
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "date_created": datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000"),
+        "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+    }
+
+
+@get("/demo/outbox", sync_to_thread=False)
+def outbox(request: Request[Any, Any, Any]) -> Response[Any]:
+    """What the demo's inboxes sent, newest first (JSON with ``?format=json``)."""
+    if request.query_params.get("format") == "json" or "json" in request.headers.get("accept", ""):
+        return Response({"items": received()})
+    from html import escape
+
+    rows = "".join(
+        f"<tr><td>{r['n']}</td><td>{escape(r['at'])}</td><td>{escape(r['provider'])}</td>"
+        f"<td>{escape(str(r['from']))}</td><td>{escape(str(r['to']))}</td>"
+        f"<td>{escape(str(r['body']))}</td></tr>"
+        for r in received()
+    )
+    page = (
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=5>"
+        "<title>Demo provider outbox</title><h1>Demo provider outbox</h1>"
+        "<p>Every message the demo's inboxes sent to the provider sandbox.</p>"
+        "<table border=1 cellpadding=4><tr><th>#</th><th>at</th><th>provider</th><th>from</th>"
+        f"<th>to</th><th>body</th></tr>{rows}</table>"
+    )
+    return Response(page, media_type="text/html")
+
+
+route_handlers = [twilio_create_message, outbox]

@@ -1,0 +1,71 @@
+"""Sign-in with email and password for an API token; sign-out revokes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+
+from contact_center.api.common import current_agent, runtime_of
+from contact_center.auth import (
+    LoginThrottle,
+    authenticate_password,
+    issue_token,
+)
+from contact_center.models import AuthToken
+from contact_center.views import agent_view
+
+
+class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
+    email: str = msgspec.field()
+    password: str = msgspec.field()
+
+
+throttle = LoginThrottle()
+
+
+class AuthController(Controller):
+    path = "/api/v1/auth"
+    tags = ["auth"]
+
+    @post("/login", exclude_from_auth=True, status_code=200)
+    async def login(self, request: Request[Any, Any, Any], data: LoginBody) -> dict[str, Any]:
+        """Exchange email and password for a bearer token."""
+        rt = runtime_of(request)
+        email = data.email.strip().lower()[:254]
+        client = request.client.host if request.client else "?"
+        keys = (f"email:{email}", f"ip:{client}")
+        if throttle.blocked(*keys):
+            raise TooManyRequestsException("too many failed sign-ins; wait a few minutes")
+        async with rt.db.write() as session:
+            agent = await authenticate_password(session, email, data.password[:1024])
+            if agent is None:
+                throttle.failed(*keys)
+                raise NotAuthorizedException("wrong email or password")
+            token = await issue_token(session, agent, rt=rt)
+            view = agent_view(agent)
+        throttle.succeeded(keys[0])
+        return {"token": token, "agent": view}
+
+    @post("/logout", status_code=200)
+    async def logout(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Revoke the token used for this request."""
+        rt = runtime_of(request)
+        auth = request.auth
+        assert isinstance(auth, AuthToken)
+        async with rt.db.write() as session:
+            row = await session.get(AuthToken, auth.id)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = rt.clock.now()
+        return {"ok": True}
+
+    @get("/me")
+    async def me(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        rt = runtime_of(request)
+        async with rt.db.read() as session:
+            from contact_center.api.common import team_ids
+
+            agent = current_agent(request)
+            return agent_view(agent, await team_ids(session, agent))

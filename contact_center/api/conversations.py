@@ -1,0 +1,238 @@
+"""Conversations: list/filter/paginate, show with messages, change status, reply."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.response import File
+from sqlalchemy import func, select
+
+from contact_center.api.common import (
+    Page,
+    clamp,
+    current_agent,
+    runtime_of,
+    visibility,
+    visible_conversation,
+)
+from contact_center.attachments import INLINE_TYPES
+from contact_center.conversations import ConversationError, change_conversation
+from contact_center.models import (
+    Attachment,
+    Conversation,
+    ConversationStatus,
+    Customer,
+    Inbox,
+    Message,
+    Priority,
+)
+from contact_center.outbound import ReplyError, reply
+from contact_center.views import conversation_view, customer_view, message_view
+
+StatusName = Literal["open", "pending", "snoozed", "resolved"]
+PriorityName = Literal["low", "normal", "high", "urgent"]
+
+
+class ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
+    text: str = ""
+    html: str | None = None
+    private: bool = False
+    client_id: str | None = msgspec.field(default=None)
+
+
+class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    status: StatusName | msgspec.UnsetType = msgspec.UNSET
+    priority: PriorityName | msgspec.UnsetType = msgspec.UNSET
+
+
+async def _messages(
+    session: Any, conversation_id: int, limit: int, before_id: int | None, channel: str
+) -> list[dict[str, Any]]:
+    query = select(Message).where(Message.conversation_id == conversation_id)
+    if before_id is not None:
+        query = query.where(Message.id < before_id)
+    rows = list((await session.scalars(query.order_by(Message.id.desc()).limit(limit))).all())
+    rows.reverse()
+    return [message_view(m, channel, list(m.attachments)) for m in rows]
+
+
+class ConversationController(Controller):
+    path = "/api/v1/conversations"
+    tags = ["conversations"]
+
+    @get("/")
+    async def list_conversations(
+        self,
+        request: Request[Any, Any, Any],
+        status: StatusName | None = None,
+        inbox_id: str | None = None,
+        assignee: str | None = None,
+        customer_id: int | None = None,
+        team_id: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Conversations the caller may see, most recently active first. ``assignee`` is an
+        agent id, ``me`` or ``none``."""
+        rt = runtime_of(request)
+        agent = current_agent(request)
+        limit, offset = clamp(limit, offset)
+        query = select(Conversation, Inbox.kind).join(Inbox, Inbox.id == Conversation.inbox_id)
+        if status:
+            query = query.where(Conversation.status == status)
+        if inbox_id:
+            query = query.where(Conversation.inbox_id == inbox_id)
+        if customer_id is not None:
+            query = query.where(Conversation.customer_id == customer_id)
+        if team_id is not None:
+            query = query.where(Conversation.team_id == team_id)
+        if assignee == "me":
+            query = query.where(Conversation.assignee_id == agent.id)
+        elif assignee == "none":
+            query = query.where(Conversation.assignee_id.is_(None))
+        elif assignee:
+            if not assignee.isdigit():
+                raise ClientException("assignee is an agent id, 'me' or 'none'")
+            query = query.where(Conversation.assignee_id == int(assignee))
+        async with rt.db.read() as session:
+            rule = await visibility(session, agent)
+            if rule is not None:
+                query = query.where(rule)
+            total = await session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = (
+                await session.execute(
+                    query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+            ).all()
+        return Page([conversation_view(c, kind) for c, kind in rows], total or 0, limit, offset)
+
+    @get("/{conversation_id:int}")
+    async def get_conversation(
+        self, request: Request[Any, Any, Any], conversation_id: int
+    ) -> dict[str, Any]:
+        """One conversation with its customer and its latest 100 messages (oldest first)."""
+        rt = runtime_of(request)
+        async with rt.db.read() as session:
+            conv = await visible_conversation(session, current_agent(request), conversation_id)
+            inbox = await session.get(Inbox, conv.inbox_id)
+            customer = await session.get(Customer, conv.customer_id)
+            assert inbox is not None and customer is not None
+            return {
+                **conversation_view(conv, inbox.kind),
+                "customer": customer_view(customer, list(customer.identities)),
+                "messages": await _messages(session, conv.id, 100, None, inbox.kind),
+            }
+
+    @get("/{conversation_id:int}/messages")
+    async def list_messages(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: int,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Messages oldest first; page backwards with ``before_id``."""
+        rt = runtime_of(request)
+        limit, _ = clamp(limit, 0)
+        async with rt.db.read() as session:
+            conv = await visible_conversation(session, current_agent(request), conversation_id)
+            inbox = await session.get(Inbox, conv.inbox_id)
+            assert inbox is not None
+            return await _messages(session, conv.id, limit, before_id, inbox.kind)
+
+    @post("/{conversation_id:int}/messages")
+    async def reply_to(
+        self, request: Request[Any, Any, Any], conversation_id: int, data: ReplyBody
+    ) -> Response[dict[str, Any]]:
+        """Reply on the conversation's channel (or add an internal note with ``private``).
+        Sending is asynchronous: the message starts ``queued``. A repeated ``client_id``
+        returns the first message with 200 instead of 201."""
+        rt = runtime_of(request)
+        agent = current_agent(request)
+        if data.client_id is not None and not (0 < len(data.client_id) <= 64):
+            raise ClientException("client_id is 1 to 64 characters")
+        async with rt.db.write() as session:
+            conv = await visible_conversation(session, agent, conversation_id)
+            inbox = await session.get(Inbox, conv.inbox_id)
+            assert inbox is not None
+            try:
+                message, created = await reply(
+                    session,
+                    conversation_id=conv.id,
+                    agent=agent,
+                    text=data.text,
+                    html=data.html,
+                    private=data.private,
+                    client_id=data.client_id,
+                    clock=rt.clock,
+                )
+            except ReplyError as exc:
+                raise ClientException(str(exc), status_code=422) from None
+            view = message_view(
+                message, inbox.kind, list(message.attachments) if not created else []
+            )
+        if created:
+            await rt.committed()
+        return Response(view, status_code=201 if created else 200)
+
+    @patch("/{conversation_id:int}")
+    async def update_conversation(
+        self, request: Request[Any, Any, Any], conversation_id: int, data: ConversationUpdate
+    ) -> dict[str, Any]:
+        """Change status (resolve, reopen, pending, snooze) or priority."""
+        rt = runtime_of(request)
+        agent = current_agent(request)
+        async with rt.db.write() as session:
+            conv = await visible_conversation(session, agent, conversation_id)
+            try:
+                await change_conversation(
+                    session,
+                    conv,
+                    clock=rt.clock,
+                    acting_agent_id=agent.id,
+                    status=None
+                    if data.status is msgspec.UNSET
+                    else ConversationStatus(data.status),
+                    priority=None if data.priority is msgspec.UNSET else Priority[data.priority],
+                )
+            except ConversationError as exc:
+                raise ClientException(str(exc), status_code=409) from None
+            inbox = await session.get(Inbox, conv.inbox_id)
+            assert inbox is not None
+            view = conversation_view(conv, inbox.kind)
+        await rt.committed()
+        return view
+
+
+class AttachmentController(Controller):
+    path = "/api/v1/attachments"
+    tags = ["conversations"]
+
+    @get("/{attachment_id:int}")
+    async def download(self, request: Request[Any, Any, Any], attachment_id: int) -> File:
+        """The file, if the caller may see its conversation. Only types that cannot run
+        script are shown inline; everything else downloads."""
+        rt = runtime_of(request)
+        async with rt.db.read() as session:
+            att = await session.get(Attachment, attachment_id)
+            if att is None:
+                raise NotFoundException("attachment not found")
+            message = await session.get(Message, att.message_id)
+            assert message is not None
+            await visible_conversation(session, current_agent(request), message.conversation_id)
+        inline = att.content_type in INLINE_TYPES
+        return File(
+            path=rt.store.path(att.storage_key),
+            filename=att.filename,
+            media_type=att.content_type if inline else "application/octet-stream",
+            content_disposition_type="inline" if inline else "attachment",
+            headers={
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
+        )

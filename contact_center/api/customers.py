@@ -1,0 +1,227 @@
+"""Customers: list/search, create, show, edit, add identities, merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, patch, post
+from litestar.exceptions import ClientException, NotFoundException
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from contact_center import events
+from contact_center.api.common import Page, clamp, current_agent, runtime_of
+from contact_center.customers import MergeError, merge_customers
+from contact_center.identities import IdentityRef, InvalidIdentity
+from contact_center.models import Customer, CustomerIdentity
+from contact_center.views import customer_view
+
+
+class IdentityBody(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    address: str
+    display_name: str | None = None
+
+
+class CustomerCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: str = ""
+    locale: str | None = None
+    tier: str = "standard"
+    attributes: dict[str, Any] = {}
+    identities: list[IdentityBody] = []
+
+
+class CustomerUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    locale: str | msgspec.UnsetType | None = msgspec.UNSET
+    tier: str | msgspec.UnsetType = msgspec.UNSET
+    attributes: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class MergeBody(msgspec.Struct, forbid_unknown_fields=True):
+    source_id: int
+    target_id: int
+
+
+def _refs(items: list[IdentityBody]) -> list[IdentityRef]:
+    try:
+        return [IdentityRef.of(i.kind, i.address, i.display_name) for i in items]
+    except InvalidIdentity as exc:
+        raise ClientException(str(exc)) from None
+
+
+class CustomerController(Controller):
+    path = "/api/v1/customers"
+    tags = ["customers"]
+
+    @get("/")
+    async def list_customers(
+        self,
+        request: Request[Any, Any, Any],
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Customers, newest first; ``q`` matches name, email, phone or any identity."""
+        rt = runtime_of(request)
+        limit, offset = clamp(limit, offset)
+        query = select(Customer).where(Customer.merged_into_id.is_(None))
+        if q:
+            like = f"%{q.strip().lower()[:100]}%"
+            query = query.where(
+                or_(
+                    func.lower(Customer.name).like(like),
+                    func.lower(Customer.email).like(like),
+                    Customer.phone.like(like),
+                    Customer.id.in_(
+                        select(CustomerIdentity.customer_id).where(
+                            func.lower(CustomerIdentity.address).like(like)
+                        )
+                    ),
+                )
+            )
+        async with rt.db.read() as session:
+            total = await session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = (
+                await session.scalars(
+                    query.order_by(Customer.id.desc()).limit(limit).offset(offset)
+                )
+            ).all()
+            items = [customer_view(c, list(c.identities)) for c in rows]
+        return Page(items, total or 0, limit, offset)
+
+    @post("/")
+    async def create_customer(
+        self, request: Request[Any, Any, Any], data: CustomerCreate
+    ) -> dict[str, Any]:
+        rt = runtime_of(request)
+        refs = _refs(data.identities)
+        now = rt.clock.now()
+        try:
+            async with rt.db.write() as session:
+                customer = Customer(
+                    name=data.name.strip()[:200],
+                    locale=data.locale,
+                    tier=data.tier,
+                    attributes=data.attributes,
+                    email=next((r.address for r in refs if r.kind == "email"), None),
+                    phone=next((r.address for r in refs if r.kind == "phone"), None),
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(customer)
+                await session.flush()
+                identities = [
+                    CustomerIdentity(
+                        customer_id=customer.id,
+                        kind=r.kind,
+                        address=r.address,
+                        display_name=r.display_name,
+                        created_at=now,
+                    )
+                    for r in refs
+                ]
+                session.add_all(identities)
+                await session.flush()
+                view = customer_view(customer, identities)
+                events.append(
+                    session, "customer.created", view, clock=rt.clock, customer_id=customer.id
+                )
+        except IntegrityError:
+            raise ClientException(
+                "one of these identities already belongs to another customer", status_code=409
+            ) from None
+        await rt.committed()
+        return view
+
+    @get("/{customer_id:int}")
+    async def get_customer(
+        self, request: Request[Any, Any, Any], customer_id: int
+    ) -> dict[str, Any]:
+        rt = runtime_of(request)
+        async with rt.db.read() as session:
+            customer = await session.get(Customer, customer_id)
+            if customer is None:
+                raise NotFoundException("customer not found")
+            return customer_view(customer, list(customer.identities))
+
+    @patch("/{customer_id:int}")
+    async def update_customer(
+        self, request: Request[Any, Any, Any], customer_id: int, data: CustomerUpdate
+    ) -> dict[str, Any]:
+        rt = runtime_of(request)
+        async with rt.db.write() as session:
+            customer = await session.get(Customer, customer_id)
+            if customer is None:
+                raise NotFoundException("customer not found")
+            for field in ("name", "locale", "tier", "attributes"):
+                value = getattr(data, field)
+                if value is not msgspec.UNSET:
+                    setattr(customer, field, value)
+            customer.updated_at = rt.clock.now()
+            await session.flush()
+            view = customer_view(customer, list(customer.identities))
+            events.append(
+                session, "customer.updated", view, clock=rt.clock, customer_id=customer.id
+            )
+        await rt.committed()
+        return view
+
+    @post("/{customer_id:int}/identities")
+    async def add_identity(
+        self, request: Request[Any, Any, Any], customer_id: int, data: IdentityBody
+    ) -> dict[str, Any]:
+        rt = runtime_of(request)
+        (ref,) = _refs([data])
+        try:
+            async with rt.db.write() as session:
+                customer = await session.get(Customer, customer_id)
+                if customer is None:
+                    raise NotFoundException("customer not found")
+                session.add(
+                    CustomerIdentity(
+                        customer_id=customer.id,
+                        kind=ref.kind,
+                        address=ref.address,
+                        display_name=ref.display_name,
+                        created_at=rt.clock.now(),
+                    )
+                )
+                await session.flush()
+                await session.refresh(customer, ["identities"])
+                view = customer_view(customer, list(customer.identities))
+                events.append(
+                    session, "customer.updated", view, clock=rt.clock, customer_id=customer.id
+                )
+        except IntegrityError:
+            raise ClientException(
+                "this identity belongs to another customer: merge the two customers instead",
+                status_code=409,
+            ) from None
+        await rt.committed()
+        return view
+
+    @post("/merge", status_code=200)
+    async def merge(self, request: Request[Any, Any, Any], data: MergeBody) -> dict[str, Any]:
+        """Merge ``source_id`` into ``target_id``; the source's identities, conversations and
+        messages move to the target."""
+        rt = runtime_of(request)
+        agent = current_agent(request)
+        try:
+            async with rt.db.write() as session:
+                target = await merge_customers(
+                    session,
+                    source_id=data.source_id,
+                    target_id=data.target_id,
+                    clock=rt.clock,
+                    acting_agent_id=agent.id,
+                )
+                await session.refresh(target, ["identities"])
+                view = customer_view(target, list(target.identities))
+        except LookupError:
+            raise NotFoundException("customer not found") from None
+        except MergeError as exc:
+            raise ClientException(str(exc), status_code=409) from None
+        await rt.committed()
+        return view

@@ -1,0 +1,97 @@
+"""The ASGI application factory (part of the composition root)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig
+
+import channels
+from contact_center import __version__
+from contact_center.api.admin import AgentController, InboxController, TeamController
+from contact_center.api.auth import AuthController
+from contact_center.api.conversations import AttachmentController, ConversationController
+from contact_center.api.customers import CustomerController
+from contact_center.api.health import MetricsController, healthz, readyz
+from contact_center.auth import TokenAuthMiddleware
+from contact_center.runtime import Runtime
+from contact_center.settings import Settings, get_settings
+from contact_center.wiring import build_runtime, build_scheduler
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ["^/schema", "^/healthz", "^/readyz", "^/metrics", "^/webhooks/", "^/demo/"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    run_scheduler: bool | None = None,
+    extra_route_handlers: list[Any] | None = None,
+) -> Litestar:
+    """Build the app. With ``runtime`` given (tests, demo) it is used and not closed here.
+
+    The scheduler (relay + sweeps) runs inside the app when there is no Redis (embedded), or
+    when ``run_scheduler`` says so; with Redis it is its own process.
+    """
+    settings = settings or (runtime.settings if runtime else get_settings())
+    own_runtime = runtime is None
+    embed_scheduler = settings.embedded if run_scheduler is None else run_scheduler
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        rt = runtime or await build_runtime(settings)
+        await rt.db.check_migrated()
+        app.state.runtime = rt
+        stop = asyncio.Event()
+        task = None
+        if embed_scheduler:
+            task = asyncio.create_task(build_scheduler(rt).run(stop), name="scheduler")
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await asyncio.wait([task], timeout=5)
+                task.cancel()
+            if own_runtime:
+                await rt.close()
+
+    prometheus = PrometheusConfig(
+        app_name="contact_center", prefix="cc", group_path=True, exclude=["^/metrics"]
+    )
+    auth = DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS)
+    return Litestar(
+        route_handlers=[
+            healthz,
+            readyz,
+            MetricsController,
+            AuthController,
+            CustomerController,
+            ConversationController,
+            AttachmentController,
+            InboxController,
+            AgentController,
+            TeamController,
+            *channels.route_handlers(),
+            *(extra_route_handlers or []),
+        ],
+        lifespan=[lifespan],
+        middleware=[prometheus.middleware, auth],
+        openapi_config=OpenAPIConfig(
+            title="Contact center API", version=__version__, path="/schema"
+        ),
+        cors_config=CORSConfig(allow_origins=settings.allowed_origins)
+        if settings.allowed_origins
+        else None,
+        debug=False,
+    )

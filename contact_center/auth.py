@@ -1,0 +1,158 @@
+"""Authentication (bearer tokens and session cookies, both stored hashed) and role guards."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import deque
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contact_center.models import Agent, AuthToken, Role
+
+if TYPE_CHECKING:
+    from contact_center.runtime import Runtime
+
+SESSION_COOKIE = "cc_session"
+_hasher = PasswordHasher()
+# Verifying against a real hash when the email is unknown keeps response times alike.
+_DUMMY_HASH = _hasher.hash("not-a-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def authenticate_password(session: AsyncSession, email: str, password: str) -> Agent | None:
+    agent = await session.scalar(select(Agent).where(Agent.email == email.strip().lower()))
+    ok = verify_password(agent.password_hash if agent else None, password)
+    if agent is None or not ok or not agent.is_active:
+        return None
+    return agent
+
+
+async def issue_token(
+    session: AsyncSession, agent: Agent, *, rt: Runtime, kind: str = "api"
+) -> str:
+    token = secrets.token_urlsafe(32)
+    now = rt.clock.now()
+    session.add(
+        AuthToken(
+            agent_id=agent.id,
+            token_hash=token_digest(token),
+            kind=kind,
+            created_at=now,
+            expires_at=now + timedelta(hours=rt.settings.token_ttl_hours),
+        )
+    )
+    agent.last_login_at = now
+    await session.flush()
+    return token
+
+
+async def agent_for_token(rt: Runtime, token: str) -> tuple[Agent, AuthToken] | None:
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(
+                select(Agent, AuthToken)
+                .join(AuthToken, AuthToken.agent_id == Agent.id)
+                .where(AuthToken.token_hash == token_digest(token))
+            )
+        ).first()
+    if row is None:
+        return None
+    agent, auth = row
+    if auth.revoked_at is not None or auth.expires_at <= rt.clock.now() or not agent.is_active:
+        return None
+    return agent, auth
+
+
+def credentials_from(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = (
+        connection.query_params.get("token")
+        if connection.scope["type"] == ScopeType.WEBSOCKET
+        else None
+    )
+    return token or connection.cookies.get(SESSION_COOKIE)
+
+
+class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        token = credentials_from(connection)
+        if not token:
+            raise NotAuthorizedException("sign in first: send Authorization: Bearer <token>")
+        rt: Runtime = connection.app.state.runtime
+        found = await agent_for_token(rt, token)
+        if found is None:
+            raise NotAuthorizedException("the token is invalid, expired or revoked")
+        return AuthenticationResult(user=found[0], auth=found[1])
+
+
+def require(role: Role) -> Any:
+    """A guard admitting agents whose role is ``role`` or above (admin > supervisor > agent)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        user = connection.scope.get("user")
+        if not isinstance(user, Agent):
+            raise NotAuthorizedException("sign in first")
+        if Role(user.role).rank < role.rank:
+            raise PermissionDeniedException(f"this needs the {role.value} role")
+
+    guard.__name__ = f"require_{role.value}"
+    return guard
+
+
+class LoginThrottle:
+    """At most ``limit`` failed sign-ins per key (email, client address) in ``window`` seconds."""
+
+    def __init__(self, limit: int = 10, window: float = 900.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str) -> deque[float]:
+        now = time.monotonic()
+        bucket = self._failures.setdefault(key, deque())
+        while bucket and bucket[0] < now - self.window:
+            bucket.popleft()
+        return bucket
+
+    def blocked(self, *keys: str) -> bool:
+        return any(len(self._recent(k)) >= self.limit for k in keys)
+
+    def failed(self, *keys: str) -> None:
+        for key in keys:
+            self._recent(key).append(time.monotonic())
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)

@@ -1,0 +1,202 @@
+"""The demo organisation (deterministic; the README and tests rely on it) and the customer
+simulator. Part of the composition root: it is only used by ``contact-center demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from twilio.request_validator import RequestValidator
+
+from contact_center.auth import hash_password
+from contact_center.identities import IdentityRef
+from contact_center.ingest import InboundMessage
+from contact_center.models import Agent, Inbox, Role, Team, TeamMember
+from contact_center.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+TWILIO_ACCOUNT = "AC00000000000000000000000000000000"
+TWILIO_TOKEN = "demo-twilio-token"  # noqa: S105 - documented demo credential
+SMS_NUMBER = "+15005550006"
+
+PEOPLE = [
+    # email, name, role, password, languages, teams (skills arrive with routing)
+    ("admin@example.com", "Ada Admin", Role.admin, "demo-admin", ["en"], []),
+    (
+        "supervisor@example.com",
+        "Sam Supervisor",
+        Role.supervisor,
+        "demo-supervisor",
+        ["en", "tr"],
+        [],
+    ),
+    ("ayse@example.com", "Ayşe Yılmaz", Role.agent, "demo-agent", ["tr", "en"], ["Billing"]),
+    ("john@example.com", "John Smith", Role.agent, "demo-agent", ["en"], ["Technical"]),
+    ("elif@example.com", "Elif Demir", Role.agent, "demo-agent", ["tr"], ["Technical", "Billing"]),
+]
+
+
+def inboxes(public_url: str) -> list[dict[str, Any]]:
+    sandbox = f"{public_url}/demo/sandbox"
+    twilio = {"account_sid": TWILIO_ACCOUNT, "auth_token": TWILIO_TOKEN}
+    return [
+        {
+            "id": "email",
+            "name": "Support email",
+            "kind": "email",
+            "address": "support@example.com",
+            "credentials": {},
+            "api_base_url": None,
+        },
+        {
+            "id": "sms",
+            "name": "SMS",
+            "kind": "sms",
+            "address": SMS_NUMBER,
+            "credentials": twilio,
+            "api_base_url": f"{sandbox}/twilio",
+        },
+        {
+            "id": "whatsapp",
+            "name": "WhatsApp",
+            "kind": "whatsapp",
+            "address": "whatsapp:+15005550007",
+            "credentials": twilio,
+            "api_base_url": f"{sandbox}/twilio",
+        },
+        {
+            "id": "voice",
+            "name": "Phone",
+            "kind": "voice",
+            "address": "+15005550008",
+            "credentials": twilio,
+            "api_base_url": f"{sandbox}/twilio",
+        },
+        {
+            "id": "telegram",
+            "name": "Telegram",
+            "kind": "telegram",
+            "address": "demo_bot",
+            "credentials": {"secret_token": "demo-telegram-secret", "bot_token": "123456:demo"},
+            "api_base_url": f"{sandbox}/telegram",
+        },
+        {
+            "id": "slack",
+            "name": "Slack",
+            "kind": "slack",
+            "address": "T0DEMO",
+            "credentials": {"signing_secret": "demo-slack-secret", "bot_token": "xoxb-demo"},
+            "api_base_url": f"{sandbox}/slack/api/",
+        },
+        {
+            "id": "meta",
+            "name": "Messenger & Instagram",
+            "kind": "messenger",
+            "address": "demo-page",
+            "credentials": {"app_secret": "demo-meta-secret", "verify_token": "demo-verify-token"},
+            "api_base_url": f"{sandbox}/meta",
+        },
+        {
+            "id": "webchat",
+            "name": "Web chat",
+            "kind": "webchat",
+            "address": "demo-widget",
+            "credentials": {},
+            "api_base_url": None,
+        },
+    ]
+
+
+CUSTOMERS = [
+    ("+905321112233", "Mehmet Kaya", "Merhaba, faturamda iki kez ücret alınmış görünüyor."),
+    ("+14155550123", "Jane Doe", "Hi, my router keeps dropping the connection every hour."),
+    ("+447700900123", "Oliver Brown", "Can I change the date of my next payment?"),
+]
+
+
+async def seed(rt: Runtime) -> bool:
+    """Create the demo organisation unless it exists. Returns whether anything was created."""
+    now = rt.clock.now()
+    async with rt.db.write() as session:
+        if await session.scalar(select(Agent.id).where(Agent.email == "admin@example.com")):
+            return False
+        teams = {
+            name: Team(name=name, description=f"{name} questions", created_at=now)
+            for name in ("Billing", "Technical")
+        }
+        session.add_all(teams.values())
+        await session.flush()
+        for email, name, role, password, languages, team_names in PEOPLE:
+            agent = Agent(
+                email=email,
+                name=name,
+                role=role.value,
+                password_hash=hash_password(password),
+                languages=languages,
+                timezone="Europe/Istanbul",
+                locale=languages[0],
+                is_active=True,
+                created_at=now,
+            )
+            session.add(agent)
+            await session.flush()
+            session.add_all(TeamMember(team_id=teams[t].id, agent_id=agent.id) for t in team_names)
+        for spec in inboxes(rt.settings.public_url):
+            session.add(Inbox(**spec, settings={}, is_active=True, created_at=now))
+    for i, (phone, name, text) in enumerate(CUSTOMERS):
+        await rt.ingestor.ingest(
+            InboundMessage(
+                inbox_id="sms",
+                provider_message_id=f"SMdemo{i:030d}",
+                sender=IdentityRef.of("phone", phone, name),
+                text=text,
+            )
+        )
+    await rt.committed()
+    return True
+
+
+SIMULATED = [
+    "Hello? Is anyone there?",
+    "My order hasn't arrived yet.",
+    "Şifremi sıfırlayamıyorum, yardım eder misiniz?",
+    "I was charged twice this month.",
+    "Kargom nerede?",
+    "Thanks, that fixed it!",
+]
+
+
+async def simulate_customers(public_url: str, stop: asyncio.Event, every: float = 30.0) -> None:
+    """Post signed Twilio webhooks to the running demo, as a customer would by SMS."""
+    rng = random.Random(7)
+    url = f"{public_url}/webhooks/twilio/messages"
+    validator = RequestValidator(TWILIO_TOKEN)
+    n = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return
+            except TimeoutError:
+                pass
+            n += 1
+            phone, name, _ = rng.choice(CUSTOMERS)
+            params = {
+                "MessageSid": f"SMsim{n:08d}{rng.getrandbits(64):016x}",
+                "AccountSid": TWILIO_ACCOUNT,
+                "From": phone,
+                "To": SMS_NUMBER,
+                "Body": rng.choice(SIMULATED),
+                "NumMedia": "0",
+                "ProfileName": name,
+            }
+            signature = validator.compute_signature(url, params)
+            try:
+                await client.post(url, data=params, headers={"X-Twilio-Signature": signature})
+            except httpx.HTTPError as exc:
+                log.warning("customer simulator could not post: %s", exc)

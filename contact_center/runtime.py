@@ -1,0 +1,44 @@
+"""The process's services in one place, handed to actions, jobs and request handlers.
+
+Built only by the composition root (``contact_center.wiring.build_runtime``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from contact_center.attachments import AttachmentStore
+from contact_center.bus import Bus
+from contact_center.clock import Clock
+from contact_center.db import Database
+from contact_center.ingest import Ingestor
+from contact_center.settings import Settings
+
+if TYPE_CHECKING:
+    from contact_center.jobs import JobQueue
+    from contact_center.outbound import ChannelSender
+
+WAKE_CHANNEL = "relay.wake"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clock: Clock
+    bus: Bus
+    store: AttachmentStore
+    ingestor: Ingestor
+    jobs: JobQueue = field(init=False)
+    senders: dict[str, ChannelSender] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def committed(self) -> None:
+        """Tell the relay (here or in the scheduler process) that new events are committed."""
+        await self.bus.publish(WAKE_CHANNEL, {})
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        await self.bus.close()
+        await self.db.dispose()

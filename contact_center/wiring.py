@@ -1,0 +1,83 @@
+"""The composition root: the one module (with ``app`` and ``cli``) that imports every package.
+
+It builds the runtime, registers channel adapters, jobs and event subscriptions, and holds no
+rules of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import channels
+from contact_center import outbound
+from contact_center.attachments import AttachmentStore
+from contact_center.bus import make_bus
+from contact_center.clock import Clock, SystemClock
+from contact_center.db import Database
+from contact_center.ingest import Ingestor
+from contact_center.jobs import InProcessJobs, RqJobs, get_job
+from contact_center.relay import JobSubscription, Relay
+from contact_center.runtime import Runtime
+from contact_center.scheduler import Periodic, Scheduler
+from contact_center.settings import Settings, get_settings
+
+
+def subscriptions() -> list[JobSubscription]:
+    return [
+        JobSubscription(
+            job="outbound.send",
+            matches=outbound.wants_send,
+            key=lambda e: f"send:{e['data']['id']}",
+            payload=lambda e: {"message_id": e["data"]["id"]},
+        ),
+    ]
+
+
+def periodic() -> list[Periodic]:
+    return [Periodic("outbound-sweep", 1.0, outbound.sweep)]
+
+
+async def build_runtime(
+    settings: Settings, *, clock: Clock | None = None, pool: bool = True
+) -> Runtime:
+    clock = clock or SystemClock()
+    db = Database(settings.database_url, pool=pool)
+    store = AttachmentStore(settings.attachments_dir, settings.attachment_max_bytes)
+    bus = make_bus(settings.redis_url)
+    await bus.start()
+    rt = Runtime(
+        settings=settings,
+        db=db,
+        clock=clock,
+        bus=bus,
+        store=store,
+        ingestor=Ingestor(db, store, clock),
+        senders=channels.senders(),
+    )
+    rt.jobs = (
+        RqJobs(settings.redis_url, settings.rq_queue) if settings.redis_url else InProcessJobs(rt)
+    )
+    return rt
+
+
+def build_scheduler(rt: Runtime) -> Scheduler:
+    return Scheduler(rt, Relay(rt, subscriptions()), periodic())
+
+
+async def worker_runtime(settings: Settings) -> Runtime:
+    """A runtime for one rq job (its own event loop, so no pooled connections)."""
+    return await build_runtime(settings, pool=False)
+
+
+def run_rq_job(name: str, payload: dict[str, Any]) -> None:
+    """rq's entry point in the worker: a fresh event loop per job, so a fresh runtime."""
+
+    async def main() -> None:
+        rt = await worker_runtime(get_settings())
+        try:
+            await get_job(name)(rt, payload)
+        finally:
+            await rt.close()
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Knowledge base: articles in several locales, search, help center (a later issue)."""

@@ -1,0 +1,1 @@
+"""Tickets: cases, statuses, types, triggers and satisfaction surveys (a later issue)."""
