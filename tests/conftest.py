@@ -1,0 +1,183 @@
+"""Fixtures: every test that touches state runs against both backends.
+
+- ``sqlite``: the embedded default (SQLite file, in-process bus, in-process jobs).
+- ``postgres``: PostgreSQL + Redis bus + rq (jobs run by a real ``contact-center worker``).
+
+Each pytest process migrates one PostgreSQL database (``CC_TEST_PG_DB``, default ``cc_test``)
+and one SQLite template once, then gives every test a clean copy (SQLite) or truncated tables
+(PostgreSQL) and an empty Redis database (``CC_TEST_REDIS_DB``, default 9). Under ``CI=true`` a
+missing PostgreSQL or Redis fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contact_center.clock import ManualClock
+from contact_center.db import migrate
+from contact_center.metadata import target_metadata
+from contact_center.runtime import Runtime
+from contact_center.settings import Settings, get_settings, load_settings
+from contact_center.wiring import build_runtime
+
+PG_ADMIN_URL = os.environ.get("CC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_DB = os.environ.get("CC_TEST_PG_DB", "cc_test")
+REDIS_BASE = os.environ.get("CC_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("CC_TEST_REDIS_DB", "9"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pg_url(db: str = PG_DB) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + (
+        f"/{db}"
+    )
+
+
+def redis_url() -> str:
+    return f"{REDIS_BASE}/{REDIS_DB}"
+
+
+def require_services() -> None:
+    missing = [
+        name
+        for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
+        if not _port_open("127.0.0.1", port)
+    ]
+    if missing:
+        message = f"{' and '.join(missing)} not answering on 127.0.0.1"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing service is a failure)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> str:
+    """Create and migrate this run's PostgreSQL database once."""
+    require_services()
+    asyncio.run(_recreate_pg(PG_DB))
+    migrate(pg_url())
+    return pg_url()
+
+
+async def _recreate_pg(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+TABLES = ", ".join(t.name for t in reversed(target_metadata.sorted_tables))
+
+
+def _reset_postgres(url: str) -> None:
+    async def run() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _reset_redis() -> None:
+    from redis import Redis
+
+    client = Redis.from_url(redis_url())
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name == "postgres":
+        require_services()
+    return name
+
+
+@pytest.fixture
+def settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Settings for the backend; also exported as ``CC_*`` so worker processes see them."""
+    env: dict[str, str] = {
+        "CC_DATA_DIR": str(tmp_path / "data"),
+        "CC_PUBLIC_URL": "http://testserver.local",
+        "CC_ENVIRONMENT": "test",
+        "CC_SEND_BACKOFF_SECONDS": "1",
+    }
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        db = tmp_path / "cc.db"
+        shutil.copy(template, db)
+        env["CC_DATABASE_URL"] = f"sqlite+aiosqlite:///{db}"
+    else:
+        url: str = request.getfixturevalue("pg_database")
+        _reset_postgres(url)
+        _reset_redis()
+        env["CC_DATABASE_URL"] = url
+        env["CC_REDIS_URL"] = redis_url()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if backend == "sqlite":
+        monkeypatch.delenv("CC_REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    yield load_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    from datetime import UTC, datetime
+
+    return ManualClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+async def rt(settings: Settings, clock: ManualClock) -> AsyncIterator[Runtime]:
+    runtime = await build_runtime(settings, clock=clock)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend") == "postgres":
+            item.add_marker(pytest.mark.postgres)
