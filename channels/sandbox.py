@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotAuthorizedException
+from litestar.params import FromPath
 from twilio.request_validator import RequestValidator
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ async def _twilio_status_callbacks(url: str, sid: str, account: str) -> None:
 
 
 @post("/demo/sandbox/twilio/2010-04-01/Accounts/{account:str}/Messages.json", status_code=201)
-async def twilio_create_message(request: Request[Any, Any, Any], account: str) -> dict[str, Any]:
+async def twilio_create_message(
+    request: Request[Any, Any, Any], account: FromPath[str]
+) -> dict[str, Any]:
     if account not in TWILIO_TOKENS or request.headers.get("authorization") is None:
         raise NotAuthorizedException("Authenticate")
     form = dict((await request.form()).items())

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -91,7 +92,9 @@ class InboxController(Controller):
         return inbox_view(inbox)
 
     @get("/{inbox_id:str}")
-    async def get_inbox(self, request: Request[Any, Any, Any], inbox_id: str) -> dict[str, Any]:
+    async def get_inbox(
+        self, request: Request[Any, Any, Any], inbox_id: FromPath[str]
+    ) -> dict[str, Any]:
         async with runtime_of(request).db.read() as session:
             inbox = await session.get(Inbox, inbox_id)
             if inbox is None:
@@ -100,7 +103,7 @@ class InboxController(Controller):
 
     @patch("/{inbox_id:str}")
     async def update_inbox(
-        self, request: Request[Any, Any, Any], inbox_id: str, data: InboxUpdate
+        self, request: Request[Any, Any, Any], inbox_id: FromPath[str], data: InboxUpdate
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         async with rt.db.write() as session:
@@ -126,7 +129,7 @@ class InboxController(Controller):
 
     @delete("/{inbox_id:str}", status_code=200)
     async def deactivate_inbox(
-        self, request: Request[Any, Any, Any], inbox_id: str
+        self, request: Request[Any, Any, Any], inbox_id: FromPath[str]
     ) -> dict[str, Any]:
         """Inboxes hold history, so deleting one deactivates it (it stops receiving)."""
         async with runtime_of(request).db.write() as session:
@@ -216,7 +219,9 @@ class AgentController(Controller):
             raise ClientException("an agent with this email exists", status_code=409) from None
 
     @get("/{agent_id:int}", guards=[require(Role.supervisor)])
-    async def get_agent(self, request: Request[Any, Any, Any], agent_id: int) -> dict[str, Any]:
+    async def get_agent(
+        self, request: Request[Any, Any, Any], agent_id: FromPath[int]
+    ) -> dict[str, Any]:
         async with runtime_of(request).db.read() as session:
             agent = await session.get(Agent, agent_id)
             if agent is None:
@@ -225,7 +230,7 @@ class AgentController(Controller):
 
     @patch("/{agent_id:int}", guards=[require(Role.admin)])
     async def update_agent(
-        self, request: Request[Any, Any, Any], agent_id: int, data: AgentUpdate
+        self, request: Request[Any, Any, Any], agent_id: FromPath[int], data: AgentUpdate
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         me = current_agent(request)
@@ -302,7 +307,9 @@ class TeamController(Controller):
             raise ClientException("a team with this name exists", status_code=409) from None
 
     @get("/{team_id:int}", guards=[require(Role.supervisor)])
-    async def get_team(self, request: Request[Any, Any, Any], team_id: int) -> dict[str, Any]:
+    async def get_team(
+        self, request: Request[Any, Any, Any], team_id: FromPath[int]
+    ) -> dict[str, Any]:
         async with runtime_of(request).db.read() as session:
             team = await session.get(Team, team_id)
             if team is None:
@@ -311,7 +318,7 @@ class TeamController(Controller):
 
     @patch("/{team_id:int}", guards=[require(Role.admin)])
     async def update_team(
-        self, request: Request[Any, Any, Any], team_id: int, data: TeamUpdate
+        self, request: Request[Any, Any, Any], team_id: FromPath[int], data: TeamUpdate
     ) -> dict[str, Any]:
         try:
             async with runtime_of(request).db.write() as session:
@@ -331,7 +338,7 @@ class TeamController(Controller):
             raise ClientException("a team with this name exists", status_code=409) from None
 
     @delete("/{team_id:int}", guards=[require(Role.admin)], status_code=204)
-    async def delete_team(self, request: Request[Any, Any, Any], team_id: int) -> None:
+    async def delete_team(self, request: Request[Any, Any, Any], team_id: FromPath[int]) -> None:
         async with runtime_of(request).db.write() as session:
             team = await session.get(Team, team_id)
             if team is None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath
 from litestar.response import File
 from sqlalchemy import func, select
 
@@ -113,7 +114,7 @@ class ConversationController(Controller):
 
     @get("/{conversation_id:int}")
     async def get_conversation(
-        self, request: Request[Any, Any, Any], conversation_id: int
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[int]
     ) -> dict[str, Any]:
         """One conversation with its customer and its latest 100 messages (oldest first)."""
         rt = runtime_of(request)
@@ -132,7 +133,7 @@ class ConversationController(Controller):
     async def list_messages(
         self,
         request: Request[Any, Any, Any],
-        conversation_id: int,
+        conversation_id: FromPath[int],
         before_id: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
@@ -147,7 +148,7 @@ class ConversationController(Controller):
 
     @post("/{conversation_id:int}/messages")
     async def reply_to(
-        self, request: Request[Any, Any, Any], conversation_id: int, data: ReplyBody
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[int], data: ReplyBody
     ) -> Response[dict[str, Any]]:
         """Reply on the conversation's channel (or add an internal note with ``private``).
         Sending is asynchronous: the message starts ``queued``. A repeated ``client_id``
@@ -182,7 +183,10 @@ class ConversationController(Controller):
 
     @patch("/{conversation_id:int}")
     async def update_conversation(
-        self, request: Request[Any, Any, Any], conversation_id: int, data: ConversationUpdate
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[int],
+        data: ConversationUpdate,
     ) -> dict[str, Any]:
         """Change status (resolve, reopen, pending, snooze) or priority."""
         rt = runtime_of(request)
@@ -214,7 +218,7 @@ class AttachmentController(Controller):
     tags = ["conversations"]
 
     @get("/{attachment_id:int}")
-    async def download(self, request: Request[Any, Any, Any], attachment_id: int) -> File:
+    async def download(self, request: Request[Any, Any, Any], attachment_id: FromPath[int]) -> File:
         """The file, if the caller may see its conversation. Only types that cannot run
         script are shown inline; everything else downloads."""
         rt = runtime_of(request)

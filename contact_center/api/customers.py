@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -137,7 +138,7 @@ class CustomerController(Controller):
 
     @get("/{customer_id:int}")
     async def get_customer(
-        self, request: Request[Any, Any, Any], customer_id: int
+        self, request: Request[Any, Any, Any], customer_id: FromPath[int]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         async with rt.db.read() as session:
@@ -148,7 +149,7 @@ class CustomerController(Controller):
 
     @patch("/{customer_id:int}")
     async def update_customer(
-        self, request: Request[Any, Any, Any], customer_id: int, data: CustomerUpdate
+        self, request: Request[Any, Any, Any], customer_id: FromPath[int], data: CustomerUpdate
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         async with rt.db.write() as session:
@@ -170,7 +171,7 @@ class CustomerController(Controller):
 
     @post("/{customer_id:int}/identities")
     async def add_identity(
-        self, request: Request[Any, Any, Any], customer_id: int, data: IdentityBody
+        self, request: Request[Any, Any, Any], customer_id: FromPath[int], data: IdentityBody
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         (ref,) = _refs([data])

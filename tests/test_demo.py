@@ -1,0 +1,119 @@
+"""The README's first command: `contact-center demo` seeds the documented organisation, serves
+everything in one process and sends replies to its provider sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
+    env["CC_PORT"] = str(port)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "contact_center.cli",
+        "demo",
+        "--no-simulate",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(120):
+                try:
+                    if (await client.get(f"{url}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.25)
+            else:
+                pytest.fail("the demo did not become ready")
+        assert proc.returncode is None, (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 20)
+    assert (tmp_path / "contact_center.db").exists()
+
+
+async def login(client: httpx.AsyncClient, url: str, email: str, password: str) -> dict[str, str]:
+    response = await client.post(
+        f"{url}/api/v1/auth/login", json={"email": email, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+async def test_demo_organisation_and_reply_through_the_sandbox(demo: str) -> None:
+    url = demo
+    async with httpx.AsyncClient(timeout=10) as client:
+        admin = await login(client, url, "admin@example.com", "demo-admin")
+        await login(client, url, "supervisor@example.com", "demo-supervisor")
+        agent = await login(client, url, "ayse@example.com", "demo-agent")
+        for email in ("john@example.com", "elif@example.com"):
+            await login(client, url, email, "demo-agent")
+
+        inboxes = (await client.get(f"{url}/api/v1/inboxes", headers=admin)).json()
+        assert {i["kind"] for i in inboxes} >= {
+            "email",
+            "sms",
+            "whatsapp",
+            "voice",
+            "telegram",
+            "slack",
+            "messenger",
+            "webchat",
+        }
+        sms = next(i for i in inboxes if i["id"] == "sms")
+        assert sms["address"] == "+15005550006"
+        assert sms["credentials"]["auth_token"] == "********"
+
+        conversations = (await client.get(f"{url}/api/v1/conversations", headers=agent)).json()
+        assert conversations["total"] >= 3
+        conv = conversations["items"][-1]
+        sent = await client.post(
+            f"{url}/api/v1/conversations/{conv['id']}/messages",
+            headers=agent,
+            json={"text": "Merhaba, hemen bakıyorum.", "client_id": "demo-1"},
+        )
+        assert sent.status_code == 201, sent.text
+        message_id = sent.json()["id"]
+
+        outbox: list[dict[str, Any]] = []
+        status = None
+        for _ in range(60):
+            outbox = (await client.get(f"{url}/demo/outbox?format=json")).json()["items"]
+            messages = (
+                await client.get(f"{url}/api/v1/conversations/{conv['id']}/messages", headers=agent)
+            ).json()
+            status = next(m for m in messages if m["id"] == message_id)["delivery_status"]
+            if outbox and status == "delivered":
+                break
+            await asyncio.sleep(0.25)
+        assert status == "delivered"
+        assert [o["body"] for o in outbox] == ["Merhaba, hemen bakıyorum."]
+        assert outbox[0]["from"] == "+15005550006"

@@ -1,0 +1,67 @@
+"""Settings: CC_* variables, validated at start with messages that name the bad variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from contact_center.settings import SettingsError, load_settings
+
+
+def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CC_DATABASE_URL", "CC_REDIS_URL", "CC_PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(_env_file=None)
+    assert settings.is_sqlite
+    assert settings.embedded
+    assert settings.database_url == "sqlite+aiosqlite:///./contact_center.db"
+    assert settings.public_url == "http://127.0.0.1:8000"
+
+
+def test_postgres_and_redis_switch_the_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC_DATABASE_URL", "postgresql://u@db:5432/cc")
+    monkeypatch.setenv("CC_REDIS_URL", "redis://cache:6379/0")
+    settings = load_settings()
+    assert settings.database_url == "postgresql+asyncpg://u@db:5432/cc"
+    assert not settings.embedded
+    assert not settings.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("CC_DATABASE_URL", "mysql://x", "CC_DATABASE_URL"),
+        ("CC_REDIS_URL", "http://x", "CC_REDIS_URL"),
+        ("CC_PORT", "eighty", "CC_PORT"),
+        ("CC_PUBLIC_URL", "example.com", "CC_PUBLIC_URL"),
+        ("CC_LOG_LEVEL", "LOUD", "CC_LOG_LEVEL"),
+    ],
+)
+def test_bad_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=needle):
+        load_settings()
+
+
+def test_production_needs_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC_ENVIRONMENT", "production")
+    monkeypatch.delenv("CC_SECRET_KEY", raising=False)
+    with pytest.raises(SettingsError, match="CC_SECRET_KEY"):
+        load_settings(_env_file=None)
+
+
+def test_cli_exits_with_the_message(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "contact_center.cli", "migrate"],
+        env={"CC_DATABASE_URL": "oracle://nope", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CC_DATABASE_URL" in result.stderr
