@@ -13,14 +13,14 @@ from contact_center.outbound import ChannelSender
 
 def senders() -> dict[str, ChannelSender]:
     """Channel kind -> sender, for the outbound job."""
-    from channels import twilio
+    from channels import email, twilio
 
     sms = twilio.TwilioSender()
-    return {"sms": sms, "whatsapp": sms}
+    return {"sms": sms, "whatsapp": sms, "email": email.SmtpSender()}
 
 
 def route_handlers() -> list[Any]:
     """The provider-facing HTTP routes (webhooks)."""
-    from channels import twilio
+    from channels import email, twilio
 
-    return [*twilio.route_handlers]
+    return [*twilio.route_handlers, *email.route_handlers]

@@ -82,6 +82,41 @@ async def twilio_create_message(
     }
 
 
+class _SmtpSink:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        import email.policy
+
+        raw = envelope.original_content or envelope.content or b""
+        msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
+        body = msg.get_body(("plain",))
+        _outbox.appendleft(
+            {
+                "n": next(_counter),
+                "provider": "smtp",
+                "at": datetime.now(UTC).isoformat(),
+                "to": ", ".join(envelope.rcpt_tos),
+                "from": envelope.mail_from,
+                "body": body.get_content() if body is not None else "",
+                "subject": str(msg.get("Subject", "")),
+                "sid": str(msg.get("Message-ID", "")),
+            }
+        )
+        return "250 2.0.0 Message accepted by the sandbox"
+
+
+async def serve_smtp_sink(host: str, port: int) -> asyncio.Server:
+    """An SMTP server that accepts everything and lists it in the outbox (the demo's relay)."""
+    from aiosmtpd.smtp import SMTP
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SMTP(_SmtpSink(), enable_SMTPUTF8=True, hostname="sandbox", loop=loop),
+        host=host,
+        port=port,
+    )
+
+
 @get("/demo/outbox", sync_to_thread=False)
 def outbox(request: Request[Any, Any, Any]) -> Response[Any]:
     """What the demo's inboxes sent, newest first (JSON with ``?format=json``)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
@@ -87,6 +88,8 @@ def create_app(
         ],
         lifespan=[lifespan],
         middleware=[prometheus.middleware, auth],
+        # A given runtime is reachable without the lifespan too (same-loop ASGI tests).
+        state=State({"runtime": runtime} if runtime is not None else {}),
         openapi_config=OpenAPIConfig(
             title="Contact center API", version=__version__, path="/schema"
         ),

@@ -124,6 +124,31 @@ def scheduler() -> None:
 
 
 @main.command()
+def smtp() -> None:
+    """Run the inbound SMTP server for email inboxes (CC_SMTP_HOST:CC_SMTP_PORT)."""
+    settings = _settings()
+    _logging(settings)
+
+    async def run() -> None:
+        from channels.email import serve_smtp
+        from contact_center.wiring import build_runtime
+
+        rt = await build_runtime(settings)
+        try:
+            await rt.db.check_migrated()
+            server = await serve_smtp(rt, settings.smtp_host, settings.smtp_port)
+            logging.getLogger(__name__).info(
+                "SMTP listening on %s:%s", settings.smtp_host, settings.smtp_port
+            )
+            async with server:
+                await _stop_event().wait()
+        finally:
+            await rt.close()
+
+    asyncio.run(run())
+
+
+@main.command()
 @click.option("--port", default=None, type=int, help="Web port (default CC_PORT or 8000).")
 @click.option("--reset", is_flag=True, help="Delete the demo database and start over.")
 @click.option(
@@ -163,12 +188,15 @@ async def _demo(settings: Settings, simulate: bool) -> None:
     import uvicorn
 
     from channels import sandbox
+    from channels.email import serve_smtp
     from contact_center import demo as demo_org
     from contact_center.app import create_app
     from contact_center.wiring import build_runtime
 
     rt = await build_runtime(settings)
     sandbox.TWILIO_TOKENS[demo_org.TWILIO_ACCOUNT] = demo_org.TWILIO_TOKEN
+    smtp_server = await serve_smtp(rt, settings.smtp_host, settings.smtp_port)
+    sink = await sandbox.serve_smtp_sink("127.0.0.1", demo_org.SANDBOX_SMTP_PORT)
     created = await demo_org.seed(rt)
     app = create_app(runtime=rt, run_scheduler=True, extra_route_handlers=sandbox.route_handlers)
     server = uvicorn.Server(
@@ -184,6 +212,7 @@ Contact center demo ({"seeded a new" if created else "using the existing"} demo 
   API docs (OpenAPI)     {url}/schema
   Provider sandbox       {url}/demo/outbox   (what the demo's inboxes sent)
   Health / metrics       {url}/readyz   {url}/metrics
+  Email (SMTP)           {settings.smtp_host}:{settings.smtp_port}   to support@example.com
 
   Sign in:  admin@example.com / demo-admin, supervisor@example.com / demo-supervisor,
             ayse@example.com, john@example.com, elif@example.com / demo-agent
@@ -202,6 +231,8 @@ Press Ctrl+C to stop.
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for srv in (smtp_server, sink):
+            srv.close()
         await rt.close()
 
 

@@ -109,7 +109,7 @@ class InProcessJobs:
             await asyncio.wait(list(self._tasks), timeout=5)
 
 
-_JOB_ID = re.compile(r"[^A-Za-z0-9_.:-]")
+_JOB_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class RqJobs:

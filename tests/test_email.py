@@ -1,0 +1,237 @@
+"""Email in over a real SMTP session and the relay webhook; out over SMTP with threading."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from channels.email import parse_email, serve_smtp
+from contact_center.models import Agent, Conversation, Message
+from contact_center.outbound import reply
+from contact_center.runtime import Runtime
+from tests.helpers import make_inbox, make_org, settle
+
+
+def mail(
+    *,
+    sender: str = "Ayşe Yılmaz <ayse@example.org>",
+    subject: str = "Fatura sorunu",
+    body: str = "Merhaba, faturamda iki kez ücret alınmış.",
+    msgid: str | None = None,
+    **headers: str,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "support@example.com"
+    msg["Subject"] = subject
+    msg["Message-ID"] = msgid or make_msgid(domain="example.org")
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+@pytest.fixture
+async def smtp_port(rt: Runtime) -> AsyncIterator[int]:
+    await make_inbox(
+        rt, "email", "email", "support@example.com", credentials={"webhook_token": "hook-secret"}
+    )
+    server = await serve_smtp(rt, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+
+
+def smtp_send(port: int, msg: EmailMessage, rcpt: str = "support@example.com") -> Any:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.send_message(msg, to_addrs=[rcpt])
+
+
+async def count(rt: Runtime, model: type) -> int:
+    async with rt.db.read() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_smtp_session_stores_the_mail_once(rt: Runtime, smtp_port: int) -> None:
+    msg = mail()
+    await asyncio.to_thread(smtp_send, smtp_port, msg)
+    await asyncio.to_thread(smtp_send, smtp_port, msg)  # the sending server retried
+    assert await count(rt, Message) == 1
+    async with rt.db.read() as session:
+        message = await session.scalar(select(Message))
+        conv = await session.scalar(select(Conversation))
+    assert message is not None
+    assert conv is not None
+    assert message.text.strip() == "Merhaba, faturamda iki kez ücret alınmış."
+    assert conv.subject == "Fatura sorunu"
+
+
+async def test_unknown_mailbox_is_refused_at_rcpt(rt: Runtime, smtp_port: int) -> None:
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        await asyncio.to_thread(smtp_send, smtp_port, mail(), "nobody@example.com")
+    assert await count(rt, Message) == 0
+
+
+async def test_plus_address_reaches_the_inbox(rt: Runtime, smtp_port: int) -> None:
+    await asyncio.to_thread(smtp_send, smtp_port, mail(), "support+billing@example.com")
+    assert await count(rt, Message) == 1
+
+
+async def test_reply_threads_into_the_conversation(rt: Runtime, smtp_port: int) -> None:
+    first = mail(msgid="<first@example.org>")
+    await asyncio.to_thread(smtp_send, smtp_port, first)
+    answer = mail(
+        subject="Re: Fatura sorunu",
+        body="Ek bilgi",
+        msgid="<second@example.org>",
+        In_Reply_To="<first@example.org>",
+        References="<first@example.org>",
+    )
+    await asyncio.to_thread(smtp_send, smtp_port, answer)
+    other = mail(subject="Yeni konu", msgid="<third@example.org>")
+    await asyncio.to_thread(smtp_send, smtp_port, other)
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(select(Message.provider_message_id, Message.conversation_id))
+        ).all()
+    by_id = dict(rows)
+    assert by_id["<first@example.org>"] == by_id["<second@example.org>"]
+    assert by_id["<third@example.org>"] != by_id["<first@example.org>"]
+
+
+async def test_webhook_takes_raw_rfc822(rt: Runtime, smtp_port: int) -> None:
+    from contact_center.app import create_app
+
+    raw = mail(msgid="<hook@example.org>").as_bytes()
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+        url = "/webhooks/email/inbound?inbox=email"
+        bad = await client.post(url, content=raw, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        ok = await client.post(url, content=raw, headers={"Authorization": "Bearer hook-secret"})
+        assert ok.status_code == 200, ok.text
+        again = await client.post(url, content=raw, headers={"Authorization": "Bearer hook-secret"})
+        assert again.json()["duplicate"] is True
+        junk = await client.post(
+            url, content=b"not an email at all", headers={"Authorization": "Bearer hook-secret"}
+        )
+        assert junk.status_code == 400
+    assert await count(rt, Message) == 1
+
+
+def test_parse_charsets_attachments_and_html() -> None:
+    msg = EmailMessage()
+    msg["From"] = "=?iso-8859-9?q?=DEule_=C7elik?= <sule@example.org>"
+    msg["Subject"] = "=?utf-8?b?xZ5pa2F5ZXQ=?="
+    msg["Message-ID"] = "<m1@example.org>"
+    msg.set_content("Düz metin ğüşıöç", charset="iso-8859-9")
+    msg.add_alternative("<p>Merhaba <b>dünya</b><script>x()</script></p>", subtype="html")
+    msg.add_attachment(
+        b"%PDF-1.4\n...", maintype="application", subtype="pdf", filename="fatura.pdf"
+    )
+    parsed = parse_email(msg.as_bytes(), "email")
+    assert parsed.sender.address == "sule@example.org"
+    assert parsed.sender.display_name == "Şule Çelik"
+    assert parsed.subject == "Şikayet"
+    assert parsed.text.strip() == "Düz metin ğüşıöç"
+    assert parsed.html is not None
+    assert "dünya" in parsed.html
+    assert [a.filename for a in parsed.attachments] == ["fatura.pdf"]
+    assert parsed.continuous is False
+
+
+def test_parse_unknown_charset_falls_back() -> None:
+    raw = (
+        b"From: a@example.org\r\nMessage-ID: <x@y>\r\nSubject: hi\r\n"
+        b"Content-Type: text/plain; charset=x-unknown-42\r\n\r\nhello \xff there\r\n"
+    )
+    parsed = parse_email(raw, "email")
+    assert "hello" in parsed.text
+    assert "there" in parsed.text
+
+
+def test_parse_marks_automatic_mail() -> None:
+    auto = parse_email(mail(Auto_Submitted="auto-replied").as_bytes(), "email")
+    bulk = parse_email(mail(Precedence="bulk").as_bytes(), "email")
+    human = parse_email(mail().as_bytes(), "email")
+    assert auto.extra["automatic"] is True
+    assert bulk.extra["automatic"] is True
+    assert human.extra["automatic"] is False
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((list(envelope.rcpt_tos), bytes(envelope.original_content)))
+        return "250 OK"
+
+
+async def test_reply_goes_out_over_smtp_with_threading_headers(rt: Runtime) -> None:
+    import email
+    import email.policy
+
+    from aiosmtpd.smtp import SMTP
+
+    sink = Sink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await make_inbox(
+            rt,
+            "email",
+            "email",
+            "support@example.com",
+            credentials={"smtp_host": "127.0.0.1", "smtp_port": str(port)},
+        )
+        org = await make_org(rt)
+        from tests.helpers import ingest
+
+        first = parse_email(mail(msgid="<c1@example.org>").as_bytes(), "email")
+        result = await ingest(rt, first)
+        async with rt.db.write() as session:
+            agent = await session.get(Agent, org.agent.id)
+            assert agent is not None
+            message, _ = await reply(
+                session,
+                conversation_id=result.conversation_id,
+                agent=agent,
+                text="Hemen bakıyoruz.",
+                clock=rt.clock,
+                html="<p>Hemen <b>bakıyoruz</b>.</p>",
+            )
+            message_id = message.id
+        await settle(rt)
+        assert len(sink.received) == 1
+        rcpts, raw = sink.received[0]
+        assert rcpts == ["ayse@example.org"]
+        sent = email.message_from_bytes(raw, policy=email.policy.default)
+        assert sent["In-Reply-To"] == "<c1@example.org>"
+        assert sent["Subject"] == "Re: Fatura sorunu"
+        assert sent.get_body(("plain",)).get_content().strip() == "Hemen bakıyoruz."
+        assert "<b>bakıyoruz</b>" in sent.get_body(("html",)).get_content()
+        async with rt.db.read() as session:
+            stored = await session.get(Message, message_id)
+        assert stored is not None
+        assert stored.delivery_status == "sent"
+        assert stored.provider_message_id == sent["Message-ID"]
+        # The customer's answer to our reply threads back into the same conversation.
+        back = parse_email(
+            mail(msgid="<c2@example.org>", In_Reply_To=sent["Message-ID"]).as_bytes(), "email"
+        )
+        assert (await ingest(rt, back)).conversation_id == result.conversation_id
+    finally:
+        server.close()
