@@ -23,6 +23,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from litestar import Request, Response, post
 from litestar.exceptions import ClientException, NotAuthorizedException
+from litestar.params import FromQuery
 from sqlalchemy import func, select
 
 from channels.webhooks import runtime_of
@@ -217,7 +218,9 @@ async def serve_smtp(rt: Runtime, host: str, port: int) -> asyncio.Server:
 
 
 @post("/webhooks/email/inbound", tags=["webhooks"], status_code=200)
-async def email_inbound(request: Request[Any, Any, Any], inbox: str) -> Response[dict[str, Any]]:
+async def email_inbound(
+    request: Request[Any, Any, Any], inbox: FromQuery[str]
+) -> Response[dict[str, Any]]:
     """A raw RFC 822 message from a relay, for the inbox named by ``?inbox=``, authenticated
     with ``Authorization: Bearer <the inbox's webhook_token>``."""
     rt = runtime_of(request)

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -63,7 +63,7 @@ class InboxController(Controller):
 
     @post("/")
     async def create_inbox(
-        self, request: Request[Any, Any, Any], data: InboxCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[InboxCreate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         inbox_id = data.id or f"{data.kind.value}-{secrets.token_hex(3)}"
@@ -103,7 +103,7 @@ class InboxController(Controller):
 
     @patch("/{inbox_id:str}")
     async def update_inbox(
-        self, request: Request[Any, Any, Any], inbox_id: FromPath[str], data: InboxUpdate
+        self, request: Request[Any, Any, Any], inbox_id: FromPath[str], data: JSONBody[InboxUpdate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         async with rt.db.write() as session:
@@ -189,7 +189,7 @@ class AgentController(Controller):
 
     @post("/", guards=[require(Role.admin)])
     async def create_agent(
-        self, request: Request[Any, Any, Any], data: AgentCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[AgentCreate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         if data.password is not None:
@@ -230,7 +230,7 @@ class AgentController(Controller):
 
     @patch("/{agent_id:int}", guards=[require(Role.admin)])
     async def update_agent(
-        self, request: Request[Any, Any, Any], agent_id: FromPath[int], data: AgentUpdate
+        self, request: Request[Any, Any, Any], agent_id: FromPath[int], data: JSONBody[AgentUpdate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         me = current_agent(request)
@@ -289,7 +289,9 @@ class TeamController(Controller):
             return [team_view(t) for t in (await session.scalars(select(Team).order_by(Team.id)))]
 
     @post("/", guards=[require(Role.admin)])
-    async def create_team(self, request: Request[Any, Any, Any], data: TeamBody) -> dict[str, Any]:
+    async def create_team(
+        self, request: Request[Any, Any, Any], data: JSONBody[TeamBody]
+    ) -> dict[str, Any]:
         rt = runtime_of(request)
         try:
             async with rt.db.write() as session:
@@ -318,7 +320,7 @@ class TeamController(Controller):
 
     @patch("/{team_id:int}", guards=[require(Role.admin)])
     async def update_team(
-        self, request: Request[Any, Any, Any], team_id: FromPath[int], data: TeamUpdate
+        self, request: Request[Any, Any, Any], team_id: FromPath[int], data: JSONBody[TeamUpdate]
     ) -> dict[str, Any]:
         try:
             async with runtime_of(request).db.write() as session:

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+from litestar.params import JSONBody
 
 from contact_center.api.common import current_agent, runtime_of
 from contact_center.auth import (
@@ -31,7 +32,9 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", exclude_from_auth=True, status_code=200)
-    async def login(self, request: Request[Any, Any, Any], data: LoginBody) -> dict[str, Any]:
+    async def login(
+        self, request: Request[Any, Any, Any], data: JSONBody[LoginBody]
+    ) -> dict[str, Any]:
         """Exchange email and password for a bearer token."""
         rt = runtime_of(request)
         email = data.email.strip().lower()[:254]

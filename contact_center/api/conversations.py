@@ -7,7 +7,7 @@ from typing import Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import File
 from sqlalchemy import func, select
 
@@ -50,7 +50,11 @@ class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 async def _messages(
-    session: Any, conversation_id: int, limit: int, before_id: int | None, channel: str
+    session: Any,
+    conversation_id: int,
+    limit: int,
+    before_id: int | None,
+    channel: str,
 ) -> list[dict[str, Any]]:
     query = select(Message).where(Message.conversation_id == conversation_id)
     if before_id is not None:
@@ -68,13 +72,13 @@ class ConversationController(Controller):
     async def list_conversations(
         self,
         request: Request[Any, Any, Any],
-        status: StatusName | None = None,
-        inbox_id: str | None = None,
-        assignee: str | None = None,
-        customer_id: int | None = None,
-        team_id: int | None = None,
-        limit: int = 50,
-        offset: int = 0,
+        status: FromQuery[StatusName | None] = None,
+        inbox_id: FromQuery[str | None] = None,
+        assignee: FromQuery[str | None] = None,
+        customer_id: FromQuery[int | None] = None,
+        team_id: FromQuery[int | None] = None,
+        limit: FromQuery[int] = 50,
+        offset: FromQuery[int] = 0,
     ) -> Page:
         """Conversations the caller may see, most recently active first. ``assignee`` is an
         agent id, ``me`` or ``none``."""
@@ -134,8 +138,8 @@ class ConversationController(Controller):
         self,
         request: Request[Any, Any, Any],
         conversation_id: FromPath[int],
-        before_id: int | None = None,
-        limit: int = 100,
+        before_id: FromQuery[int | None] = None,
+        limit: FromQuery[int] = 100,
     ) -> list[dict[str, Any]]:
         """Messages oldest first; page backwards with ``before_id``."""
         rt = runtime_of(request)
@@ -148,7 +152,10 @@ class ConversationController(Controller):
 
     @post("/{conversation_id:int}/messages")
     async def reply_to(
-        self, request: Request[Any, Any, Any], conversation_id: FromPath[int], data: ReplyBody
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[int],
+        data: JSONBody[ReplyBody],
     ) -> Response[dict[str, Any]]:
         """Reply on the conversation's channel (or add an internal note with ``private``).
         Sending is asynchronous: the message starts ``queued``. A repeated ``client_id``
@@ -186,7 +193,7 @@ class ConversationController(Controller):
         self,
         request: Request[Any, Any, Any],
         conversation_id: FromPath[int],
-        data: ConversationUpdate,
+        data: JSONBody[ConversationUpdate],
     ) -> dict[str, Any]:
         """Change status (resolve, reopen, pending, snooze) or priority."""
         rt = runtime_of(request)

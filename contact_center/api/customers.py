@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -60,9 +60,9 @@ class CustomerController(Controller):
     async def list_customers(
         self,
         request: Request[Any, Any, Any],
-        q: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
+        q: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        offset: FromQuery[int] = 0,
     ) -> Page:
         """Customers, newest first; ``q`` matches name, email, phone or any identity."""
         rt = runtime_of(request)
@@ -94,7 +94,7 @@ class CustomerController(Controller):
 
     @post("/")
     async def create_customer(
-        self, request: Request[Any, Any, Any], data: CustomerCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[CustomerCreate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         refs = _refs(data.identities)
@@ -149,7 +149,10 @@ class CustomerController(Controller):
 
     @patch("/{customer_id:int}")
     async def update_customer(
-        self, request: Request[Any, Any, Any], customer_id: FromPath[int], data: CustomerUpdate
+        self,
+        request: Request[Any, Any, Any],
+        customer_id: FromPath[int],
+        data: JSONBody[CustomerUpdate],
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         async with rt.db.write() as session:
@@ -171,7 +174,10 @@ class CustomerController(Controller):
 
     @post("/{customer_id:int}/identities")
     async def add_identity(
-        self, request: Request[Any, Any, Any], customer_id: FromPath[int], data: IdentityBody
+        self,
+        request: Request[Any, Any, Any],
+        customer_id: FromPath[int],
+        data: JSONBody[IdentityBody],
     ) -> dict[str, Any]:
         rt = runtime_of(request)
         (ref,) = _refs([data])
@@ -204,7 +210,9 @@ class CustomerController(Controller):
         return view
 
     @post("/merge", status_code=200)
-    async def merge(self, request: Request[Any, Any, Any], data: MergeBody) -> dict[str, Any]:
+    async def merge(
+        self, request: Request[Any, Any, Any], data: JSONBody[MergeBody]
+    ) -> dict[str, Any]:
         """Merge ``source_id`` into ``target_id``; the source's identities, conversations and
         messages move to the target."""
         rt = runtime_of(request)
