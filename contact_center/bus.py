@@ -70,6 +70,8 @@ class Subscription:
 
     def close(self) -> None:
         self._fanout.remove(self)
+        if self._queue.full():  # make room for the end marker, or a reader would wait forever
+            self.drain()
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_CLOSED)
 
@@ -138,7 +140,10 @@ class RedisBus:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.Redis.from_url(url)
-        self._prefix = prefix
+        # Pub/sub channels are server-wide, not per database: scope them by the database so
+        # deployments sharing a Redis server on different databases do not hear each other.
+        db = self._redis.connection_pool.connection_kwargs.get("db", 0)
+        self._prefix = f"{prefix}{db}:"
         self._fanout = LocalFanout()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._reader: asyncio.Task[None] | None = None
