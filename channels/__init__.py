@@ -13,14 +13,19 @@ from contact_center.outbound import ChannelSender
 
 def senders() -> dict[str, ChannelSender]:
     """Channel kind -> sender, for the outbound job."""
-    from channels import email, twilio
+    from channels import email, telegram, twilio
 
     sms = twilio.TwilioSender()
-    return {"sms": sms, "whatsapp": sms, "email": email.SmtpSender()}
+    return {
+        "sms": sms,
+        "whatsapp": sms,
+        "email": email.SmtpSender(),
+        "telegram": telegram.TelegramSender(),
+    }
 
 
 def route_handlers() -> list[Any]:
     """The provider-facing HTTP routes (webhooks)."""
-    from channels import email, twilio
+    from channels import email, telegram, twilio
 
-    return [*twilio.route_handlers, *email.route_handlers]
+    return [*twilio.route_handlers, *email.route_handlers, *telegram.route_handlers]
