@@ -13,7 +13,7 @@ from contact_center.outbound import ChannelSender
 
 def senders() -> dict[str, ChannelSender]:
     """Channel kind -> sender, for the outbound job."""
-    from channels import email, slack, telegram, twilio
+    from channels import email, meta, slack, telegram, twilio
 
     sms = twilio.TwilioSender()
     return {
@@ -22,16 +22,19 @@ def senders() -> dict[str, ChannelSender]:
         "email": email.SmtpSender(),
         "telegram": telegram.TelegramSender(),
         "slack": slack.SlackSender(),
+        "messenger": meta.MetaSender(),
+        "instagram": meta.MetaSender(),
     }
 
 
 def route_handlers() -> list[Any]:
     """The provider-facing HTTP routes (webhooks)."""
-    from channels import email, slack, telegram, twilio
+    from channels import email, meta, slack, telegram, twilio
 
     return [
         *twilio.route_handlers,
         *email.route_handlers,
         *telegram.route_handlers,
         *slack.route_handlers,
+        *meta.route_handlers,
     ]
