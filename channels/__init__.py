@@ -13,7 +13,7 @@ from contact_center.outbound import ChannelSender
 
 def senders() -> dict[str, ChannelSender]:
     """Channel kind -> sender, for the outbound job."""
-    from channels import email, meta, slack, telegram, twilio
+    from channels import email, meta, slack, telegram, twilio, webchat
 
     sms = twilio.TwilioSender()
     return {
@@ -24,12 +24,13 @@ def senders() -> dict[str, ChannelSender]:
         "slack": slack.SlackSender(),
         "messenger": meta.MetaSender(),
         "instagram": meta.MetaSender(),
+        "webchat": webchat.WebchatSender(),
     }
 
 
 def route_handlers() -> list[Any]:
     """The provider-facing HTTP routes (webhooks)."""
-    from channels import email, meta, slack, telegram, twilio
+    from channels import email, meta, slack, telegram, twilio, webchat
 
     return [
         *twilio.route_handlers,
@@ -37,4 +38,5 @@ def route_handlers() -> list[Any]:
         *telegram.route_handlers,
         *slack.route_handlers,
         *meta.route_handlers,
+        *webchat.route_handlers,
     ]

@@ -29,7 +29,18 @@ from contact_center.wiring import build_runtime, build_scheduler
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ["^/schema", "^/healthz", "^/readyz", "^/metrics", "^/webhooks/", "^/demo/"]
+# Paths with their own authentication (provider signatures, visitor tokens) or none.
+PUBLIC_PATHS = [
+    "^/schema",
+    "^/healthz",
+    "^/readyz",
+    "^/metrics",
+    "^/webhooks/",
+    "^/webchat/",
+    "^/ws/chat",
+    "^/widget.js",
+    "^/demo/",
+]
 
 
 def create_app(
