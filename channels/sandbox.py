@@ -140,4 +140,90 @@ def outbox(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(page, media_type="text/html")
 
 
-route_handlers = [twilio_create_message, outbox]
+def _record(provider: str, to: Any, sender: Any, body: Any, sid: str) -> None:
+    _outbox.appendleft(
+        {
+            "n": next(_counter),
+            "provider": provider,
+            "at": datetime.now(UTC).isoformat(),
+            "to": to,
+            "from": sender,
+            "body": body,
+            "sid": sid,
+        }
+    )
+
+
+async def _params(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    if "json" in request.headers.get("content-type", ""):
+        data = await request.json()
+        return data if isinstance(data, dict) else {}
+    return dict((await request.form()).items())
+
+
+@post("/demo/sandbox/telegram/{bot:str}/{method:str}", status_code=200)
+async def telegram_api(
+    request: Request[Any, Any, Any], bot: FromPath[str], method: FromPath[str]
+) -> dict[str, Any]:
+    """The Bot API methods the product calls (getMe, sendMessage) at ``/bot<token>/<method>``."""
+    if not bot.startswith("bot"):
+        raise NotAuthorizedException("Unauthorized")
+    params = await _params(request)
+    if method == "getMe":
+        return {
+            "ok": True,
+            "result": {"id": 1, "is_bot": True, "first_name": "Demo", "username": "demo_bot"},
+        }
+    if method != "sendMessage":
+        return {"ok": False, "error_code": 400, "description": f"sandbox: no {method}"}
+    message_id = next(_counter)
+    _record("telegram", params.get("chat_id"), "demo_bot", params.get("text"), str(message_id))
+    chat = {"id": int(params.get("chat_id", 0)), "type": "private"}
+    return {
+        "ok": True,
+        "result": {
+            "message_id": message_id,
+            "chat": chat,
+            "date": int(datetime.now(UTC).timestamp()),
+            "text": params.get("text"),
+        },
+    }
+
+
+@post("/demo/sandbox/slack/api/chat.postMessage", status_code=200)
+async def slack_post(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    params = await _params(request)
+    ts = f"{datetime.now(UTC).timestamp():.6f}"
+    _record("slack", params.get("channel"), "demo app", params.get("text"), ts)
+    return {"ok": True, "channel": params.get("channel"), "ts": ts}
+
+
+@post("/demo/sandbox/meta/{version:str}/me/messages", status_code=200)
+async def meta_send(request: Request[Any, Any, Any], version: FromPath[str]) -> dict[str, Any]:
+    params = await _params(request)
+    mid = "m_" + secrets.token_hex(8)
+    _record(
+        "meta",
+        (params.get("recipient") or {}).get("id"),
+        "demo page",
+        (params.get("message") or {}).get("text"),
+        mid,
+    )
+    return {"recipient_id": (params.get("recipient") or {}).get("id"), "message_id": mid}
+
+
+@get("/demo/widget", sync_to_thread=False)
+def demo_widget() -> Response[str]:
+    """A page with the chat widget, as a customer's website would embed it."""
+    page = (
+        "<!doctype html><meta charset=utf-8><title>Demo shop</title>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        "<body style='font:16px system-ui;margin:40px'><h1>Demo shop</h1>"
+        "<p>This page embeds the contact center's chat widget, like any website would:</p>"
+        '<pre>&lt;script src="/widget.js" data-inbox="webchat" async&gt;&lt;/script&gt;</pre>'
+        "<script src='/widget.js' data-inbox='webchat' data-title='Chat with us' async></script>"
+    )
+    return Response(page, media_type="text/html")
+
+
+route_handlers = [twilio_create_message, telegram_api, slack_post, meta_send, outbox, demo_widget]

@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
 
 import channels
+from agent_ui import widget
 from contact_center import __version__
 from contact_center.api.admin import AgentController, InboxController, TeamController
 from contact_center.api.auth import AuthController
@@ -95,6 +96,7 @@ def create_app(
             AgentController,
             TeamController,
             *channels.route_handlers(),
+            *widget.route_handlers,
             *(extra_route_handlers or []),
         ],
         lifespan=[lifespan],

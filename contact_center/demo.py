@@ -99,7 +99,11 @@ def inboxes(public_url: str) -> list[dict[str, Any]]:
             "name": "Messenger & Instagram",
             "kind": "messenger",
             "address": "demo-page",
-            "credentials": {"app_secret": "demo-meta-secret", "verify_token": "demo-verify-token"},
+            "credentials": {
+                "app_secret": "demo-meta-secret",
+                "verify_token": "demo-verify-token",
+                "page_access_token": "demo-page-token",
+            },
             "api_base_url": f"{sandbox}/meta",
         },
         {

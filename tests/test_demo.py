@@ -117,3 +117,50 @@ async def test_demo_organisation_and_reply_through_the_sandbox(demo: str) -> Non
         assert status == "delivered"
         assert [o["body"] for o in outbox] == ["Merhaba, hemen bakıyorum."]
         assert outbox[0]["from"] == "+15005550006"
+
+
+async def test_demo_widget_and_telegram_round_trip(demo: str) -> None:
+    url = demo
+    async with httpx.AsyncClient(timeout=10) as client:
+        widget = await client.get(f"{url}/widget.js")
+        assert widget.status_code == 200
+        assert "javascript" in widget.headers["content-type"]
+        page = await client.get(f"{url}/demo/widget")
+        assert "/widget.js" in page.text
+        update = {
+            "update_id": 1,
+            "message": {
+                "message_id": 5,
+                "date": 1700000000,
+                "text": "Selam!",
+                "chat": {"id": 99, "type": "private"},
+                "from": {"id": 99, "is_bot": False, "first_name": "Can"},
+            },
+        }
+        hook = await client.post(
+            f"{url}/webhooks/telegram/telegram",
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": "demo-telegram-secret"},
+        )
+        assert hook.status_code == 200, hook.text
+        agent = await login(client, url, "elif@example.com", "demo-agent")
+        convs = (
+            await client.get(
+                f"{url}/api/v1/conversations", params={"inbox_id": "telegram"}, headers=agent
+            )
+        ).json()
+        assert convs["total"] == 1
+        sent = await client.post(
+            f"{url}/api/v1/conversations/{convs['items'][0]['id']}/messages",
+            headers=agent,
+            json={"text": "Merhaba Can!"},
+        )
+        assert sent.status_code == 201
+        for _ in range(60):
+            outbox = (await client.get(f"{url}/demo/outbox?format=json")).json()["items"]
+            if any(o["provider"] == "telegram" for o in outbox):
+                break
+            await asyncio.sleep(0.25)
+        assert [(o["to"], o["body"]) for o in outbox if o["provider"] == "telegram"] == [
+            ("99", "Merhaba Can!")
+        ]

@@ -1,0 +1,157 @@
+/* Contact center chat widget: <script src="https://HOST/widget.js" data-inbox="webchat" async></script>
+ * Speaks /ws/chat (see channels/webchat.py). Keeps the visitor token and the last event id in
+ * localStorage, so a reload or a dropped connection resumes with nothing lost or repeated:
+ * messages are keyed by id and updated in place. No dependencies, no build step. */
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  if (!script) { return; }
+  var inbox = script.getAttribute("data-inbox") || "webchat";
+  var title = script.getAttribute("data-title") || "Chat with us";
+  var base = new URL(script.src, window.location.href);
+  var key = "cc-chat:" + base.host + ":" + inbox;
+  var state = JSON.parse(localStorage.getItem(key) || "{}");
+  var messages = {};   // id -> element
+  var pending = {};    // client_id -> element
+  var socket = null, retry = 0, typingTimer = null;
+
+  function save() { localStorage.setItem(key, JSON.stringify(state)); }
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined) { node.textContent = text; }  // never innerHTML: text only
+    return node;
+  }
+
+  var css = el("style", {}, [
+    ".ccw{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.4 system-ui,sans-serif}",
+    ".ccw-button{background:#2354d6;color:#fff;border:0;border-radius:24px;padding:12px 18px;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.2)}",
+    ".ccw-panel{display:none;flex-direction:column;width:340px;height:460px;max-height:80vh;background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden}",
+    ".ccw-open .ccw-panel{display:flex}.ccw-open .ccw-button{display:none}",
+    ".ccw-head{background:#2354d6;color:#fff;padding:12px 14px;display:flex;justify-content:space-between;align-items:center}",
+    ".ccw-head button{background:none;border:0;color:#fff;font-size:18px;cursor:pointer}",
+    ".ccw-log{flex:1;overflow-y:auto;padding:12px;background:#f5f6f8}",
+    ".ccw-msg{max-width:80%;margin:4px 0;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word}",
+    ".ccw-in{background:#2354d6;color:#fff;margin-left:auto}.ccw-out{background:#fff;border:1px solid #dde}",
+    ".ccw-meta{font-size:11px;opacity:.7;margin-top:2px}.ccw-typing{font-size:12px;color:#667;padding:0 12px;height:16px}",
+    ".ccw-form{display:flex;border-top:1px solid #e3e5ea}.ccw-form textarea{flex:1;border:0;padding:10px;resize:none;font:inherit}",
+    ".ccw-form button,.ccw-form label{border:0;background:none;padding:0 12px;cursor:pointer;color:#2354d6;font-weight:600}",
+    ".ccw-status{font-size:12px;padding:4px 12px;color:#a33}"
+  ].join(""));
+  document.head.appendChild(css);
+
+  var root = el("div", { "class": "ccw", "data-testid": "cc-widget" });
+  var button = el("button", { "class": "ccw-button", type: "button" }, title);
+  var panel = el("div", { "class": "ccw-panel", role: "dialog", "aria-label": title });
+  var head = el("div", { "class": "ccw-head" });
+  head.appendChild(el("strong", {}, title));
+  var close = el("button", { type: "button", "aria-label": "Close" }, "×");
+  head.appendChild(close);
+  var log = el("div", { "class": "ccw-log", "aria-live": "polite" });
+  var typing = el("div", { "class": "ccw-typing" });
+  var status = el("div", { "class": "ccw-status" });
+  var form = el("form", { "class": "ccw-form" });
+  var input = el("textarea", { rows: "2", placeholder: "Type your message…", "aria-label": "Message" });
+  var file = el("input", { type: "file", hidden: "hidden" });
+  var attach = el("label", { title: "Attach a file" }, "📎");
+  attach.appendChild(file);
+  var send = el("button", { type: "submit" }, "Send");
+  form.appendChild(attach); form.appendChild(input); form.appendChild(send);
+  [head, log, typing, status, form].forEach(function (n) { panel.appendChild(n); });
+  root.appendChild(button); root.appendChild(panel);
+  document.body.appendChild(root);
+
+  function render(m) {
+    var node = messages[m.id] || (m.client_id && pending[m.client_id]);
+    if (!node) {
+      node = el("div", { "class": "ccw-msg " + (m.direction === "in" ? "ccw-in" : "ccw-out") });
+      node.appendChild(el("div", { "class": "ccw-text" }));
+      node.appendChild(el("div", { "class": "ccw-meta" }));
+      log.appendChild(node);
+    }
+    if (m.id) { messages[m.id] = node; node.setAttribute("data-id", m.id); }
+    if (m.text !== undefined) { node.firstChild.textContent = m.text; }
+    (m.attachments || []).forEach(function (a) {
+      if (!node.querySelector("[data-att='" + a.id + "']")) {
+        node.appendChild(el("div", { "class": "ccw-meta", "data-att": a.id }, "📎 " + a.filename));
+      }
+    });
+    node.lastChild.textContent = m.direction === "out" ? "Support" : (m.delivery_status === "sending" ? "…" : "");
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function connect() {
+    var url = new URL("/ws/chat", base);
+    url.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("inbox", inbox);
+    if (state.token) { url.searchParams.set("visitor", state.token); }
+    if (state.last) { url.searchParams.set("last_event_id", String(state.last)); }
+    socket = new WebSocket(url.toString());
+    socket.onopen = function () { retry = 0; status.textContent = ""; };
+    socket.onmessage = function (event) {
+      var frame = JSON.parse(event.data), data = frame.data || {};
+      if (frame.type === "hello") {
+        state.token = data.visitor_token;
+        if (!state.last) { state.last = data.last_event_id; }
+        save();
+      } else if (frame.type === "history") {
+        (data.messages || []).forEach(render);
+      } else if (frame.type === "message.created") {
+        render(data);
+      } else if (frame.type === "message.status") {
+        var node = messages[data.message_id];
+        if (node) { node.setAttribute("data-status", data.delivery_status); }
+      } else if (frame.type === "message.ack") {
+        var mine = pending[data.client_id];
+        if (mine) { messages[data.message_id] = mine; mine.setAttribute("data-id", data.message_id); mine.lastChild.textContent = ""; delete pending[data.client_id]; }
+      } else if (frame.type === "typing") {
+        typing.textContent = data.typing ? "Support is typing…" : "";
+      } else if (frame.type === "error") {
+        status.textContent = data.message || data.code;
+      }
+      if (frame.id && frame.id > (state.last || 0)) { state.last = frame.id; save(); }
+    };
+    socket.onclose = function () {
+      status.textContent = "Reconnecting…";
+      retry = Math.min(retry + 1, 6);
+      setTimeout(connect, 250 * Math.pow(2, retry));
+    };
+  }
+
+  function clientId() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var text = input.value.trim();
+    if (!text || !socket || socket.readyState !== 1) { return; }
+    var id = clientId();
+    pending[id] = null;
+    render({ client_id: id, direction: "in", text: text, delivery_status: "sending" });
+    pending[id] = log.lastChild;
+    socket.send(JSON.stringify({ type: "message.send", data: { client_id: id, text: text } }));
+    input.value = "";
+  });
+  input.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+    if (socket && socket.readyState === 1 && !typingTimer) {
+      socket.send(JSON.stringify({ type: "typing", data: { typing: true } }));
+      typingTimer = setTimeout(function () { typingTimer = null; }, 2000);
+    }
+  });
+  file.addEventListener("change", function () {
+    if (!file.files.length || !state.token) { return; }
+    var body = new FormData();
+    body.append("file", file.files[0]);
+    body.append("client_id", clientId());
+    var url = new URL("/webchat/upload", base);
+    url.searchParams.set("inbox", inbox);
+    url.searchParams.set("visitor", state.token);
+    fetch(url.toString(), { method: "POST", body: body }).then(function (r) {
+      if (!r.ok) { status.textContent = "Upload failed (" + r.status + ")"; }
+    });
+    file.value = "";
+  });
+  button.addEventListener("click", function () { root.classList.add("ccw-open"); input.focus(); });
+  close.addEventListener("click", function () { root.classList.remove("ccw-open"); });
+  connect();
+})();
