@@ -49,6 +49,11 @@ def _check_url(url: str | None) -> None:
         raise ClientException("api_base_url must be an http(s) URL")
 
 
+async def _check_team(session: Any, team_id: int | None) -> None:
+    if team_id is not None and await session.get(Team, team_id) is None:
+        raise ClientException(f"no such team: {team_id}")
+
+
 class InboxController(Controller):
     path = "/api/v1/inboxes"
     tags = ["admin"]
@@ -84,6 +89,7 @@ class InboxController(Controller):
         )
         try:
             async with rt.db.write() as session:
+                await _check_team(session, data.team_id)
                 session.add(inbox)
         except IntegrityError:
             raise ClientException(
@@ -106,26 +112,33 @@ class InboxController(Controller):
         self, request: Request[Any, Any, Any], inbox_id: FromPath[str], data: JSONBody[InboxUpdate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
-        async with rt.db.write() as session:
-            inbox = await session.get(Inbox, inbox_id)
-            if inbox is None:
-                raise NotFoundException("inbox not found")
-            for field in ("name", "address", "settings", "team_id", "is_active"):
-                value = getattr(data, field)
-                if value is not msgspec.UNSET:
-                    setattr(inbox, field, value)
-            if data.api_base_url is not msgspec.UNSET:
-                _check_url(data.api_base_url)
-                inbox.api_base_url = data.api_base_url
-            if data.credentials is not msgspec.UNSET:
-                merged = dict(inbox.credentials)
-                for key, value in data.credentials.items():
-                    if value is None:
-                        merged.pop(key, None)
-                    else:
-                        merged[key] = value
-                inbox.credentials = merged
-            return inbox_view(inbox)
+        try:
+            async with rt.db.write() as session:
+                inbox = await session.get(Inbox, inbox_id)
+                if inbox is None:
+                    raise NotFoundException("inbox not found")
+                if data.team_id is not msgspec.UNSET:
+                    await _check_team(session, data.team_id)
+                for field in ("name", "address", "settings", "team_id", "is_active"):
+                    value = getattr(data, field)
+                    if value is not msgspec.UNSET:
+                        setattr(inbox, field, value)
+                if data.api_base_url is not msgspec.UNSET:
+                    _check_url(data.api_base_url)
+                    inbox.api_base_url = data.api_base_url
+                if data.credentials is not msgspec.UNSET:
+                    merged = dict(inbox.credentials)
+                    for key, value in data.credentials.items():
+                        if value is None:
+                            merged.pop(key, None)
+                        else:
+                            merged[key] = value
+                    inbox.credentials = merged
+                return inbox_view(inbox)
+        except IntegrityError:
+            raise ClientException(
+                "an inbox with this kind and address exists", status_code=409
+            ) from None
 
     @delete("/{inbox_id:str}", status_code=200)
     async def deactivate_inbox(
