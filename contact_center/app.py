@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
+from sqlalchemy.exc import DBAPIError
 
 import channels
 from agent_ui import widget
@@ -42,6 +43,23 @@ PUBLIC_PATHS = [
     "^/widget.js",
     "^/demo/",
 ]
+
+
+def _out_of_range(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Numbers beyond what the database stores (an id of 10^20) are the client's error."""
+    causes = (
+        exc,
+        getattr(exc, "orig", None),
+        getattr(getattr(exc, "orig", None), "__cause__", None),
+    )
+    data_error = any(type(c).__name__ == "DataError" for c in causes)
+    if isinstance(exc, DBAPIError) and not data_error and "out of" not in str(exc.orig):
+        log.error("database error", exc_info=exc)
+        return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
+    return Response(
+        {"status_code": 400, "detail": "a number in the request is out of range"},
+        status_code=400,
+    )
 
 
 def create_app(
@@ -109,5 +127,6 @@ def create_app(
         cors_config=CORSConfig(allow_origins=settings.allowed_origins)
         if settings.allowed_origins
         else None,
+        exception_handlers={OverflowError: _out_of_range, DBAPIError: _out_of_range},
         debug=False,
     )

@@ -943,3 +943,19 @@ async def test_attachment_of_invisible_conversation_is_refused(
     allowed = await client.get(url, headers=org.other_agent.headers)
     assert allowed.status_code == 200
     assert allowed.content == PNG
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/customers/99999999999999999999",
+        "/api/v1/conversations?customer_id=99999999999999999999",
+        "/api/v1/conversations/99999999999999999999",
+    ],
+)
+async def test_huge_ids_are_a_client_error(rt: Runtime, path: str) -> None:
+    org = await make_org(rt)
+    transport = httpx.ASGITransport(app=create_app(runtime=rt, run_scheduler=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
+        response = await c.get(path, headers=org.admin.headers)
+    assert response.status_code == 400, response.text
