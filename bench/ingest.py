@@ -1,0 +1,269 @@
+"""Ingest throughput against raw committed inserts, on the same database in the same run.
+
+    .venv/bin/python bench/ingest.py            # full run (a few minutes on 2 cores)
+    .venv/bin/python bench/ingest.py --quick    # smoke run
+
+PostgreSQL: a dedicated database ``cc_bench`` (dropped and re-created, then dropped again).
+For each concurrency level C, N inbound SMS go through the real ``Ingestor.ingest`` (dedupe,
+customer resolution, threading, message, events: one transaction each) from 1,000 distinct
+numbers; the baseline is N single-row ``INSERT`` + ``COMMIT`` into ``bench_raw_messages``, a
+copy of the ``messages`` table's columns and indexes, with the same driver and pool. SQLite
+(the embedded default) is measured too, for information. Results go to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import event, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contact_center.db import migrate  # noqa: E402
+from contact_center.identities import IdentityRef  # noqa: E402
+from contact_center.ingest import InboundMessage  # noqa: E402
+from contact_center.models import Inbox  # noqa: E402
+from contact_center.settings import load_settings  # noqa: E402
+from contact_center.wiring import build_runtime  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_DB = "cc_bench"
+TEXT = "Hello, I was charged twice for my order and would like a refund, please check. " * 1
+
+
+async def recreate(drop_only: bool = False) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        if not drop_only:
+            await conn.execute(f'CREATE DATABASE "{PG_DB}"')
+    finally:
+        await conn.close()
+
+
+async def run_concurrently(count: int, concurrency: int, work: Any) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            await work(queue.get_nowait())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - start)
+
+
+async def measure(url: str, levels: list[int], count: int, label: str) -> list[dict[str, Any]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
+    settings = load_settings(database_url=url, data_dir=data_dir, redis_url=None)
+    rt = await build_runtime(settings)
+    statements = 0
+
+    def count_statement(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(rt.db.engine.sync_engine, "before_cursor_execute", count_statement)
+    async with rt.db.write() as session:
+        session.add(
+            Inbox(
+                id="sms",
+                name="SMS",
+                kind="sms",
+                address="+15005550006",
+                credentials={},
+                settings={},
+                is_active=True,
+                created_at=rt.clock.now(),
+            )
+        )
+    async with rt.db.engine.begin() as conn:
+        if rt.db.is_sqlite:
+            ddl = (
+                await conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE type='table' AND name='messages'")
+                )
+            ).scalar()
+            ddl = ddl.replace('"messages"', "bench_raw_messages", 1).replace(
+                "CREATE TABLE messages", "CREATE TABLE bench_raw_messages"
+            )
+            ddl = "\n".join(
+                line
+                for line in ddl.splitlines()
+                if "FOREIGN KEY" not in line and "REFERENCES" not in line
+            ).replace(",\n)", "\n)")
+            await conn.execute(text(ddl))
+        else:
+            await conn.execute(
+                text("CREATE TABLE bench_raw_messages (LIKE messages INCLUDING ALL)")
+            )
+    insert = text(
+        "INSERT INTO bench_raw_messages (conversation_id, inbox_id, direction, author_type,"
+        " private, text, provider_message_id, delivery_status, send_attempts, extra, created_at)"
+        " VALUES (:c, 'sms', 'in', 'customer', false, :t, :p, 'received', 0, '{}', :now)"
+    )
+    rows = []
+    serial = 0
+    try:
+        # Warm-up: create the customers and conversations, fill the pools.
+        for i in range(50):
+            await rt.ingestor.ingest(
+                InboundMessage(
+                    inbox_id="sms",
+                    provider_message_id=f"warm{i}",
+                    sender=IdentityRef.of("phone", f"+1415555{i % 1000:04d}"),
+                    text=TEXT,
+                )
+            )
+        statements = 0
+        await rt.ingestor.ingest(
+            InboundMessage(
+                inbox_id="sms",
+                provider_message_id="probe",
+                sender=IdentityRef.of("phone", "+14155550001"),
+                text=TEXT,
+            )
+        )
+        per_ingest = statements
+        for level in levels:
+            base = serial
+            serial += count
+
+            async def ingest_one(i: int, base: int = base) -> None:
+                await rt.ingestor.ingest(
+                    InboundMessage(
+                        inbox_id="sms",
+                        provider_message_id=f"b{base + i}",
+                        sender=IdentityRef.of("phone", f"+1415555{(base + i) % 1000:04d}"),
+                        text=TEXT,
+                    )
+                )
+
+            async def raw_one(i: int, base: int = base) -> None:
+                async with rt.db.engine.begin() as conn:
+                    await conn.execute(
+                        insert,
+                        {
+                            "c": 1,
+                            "t": TEXT,
+                            "p": f"r{base + i}",
+                            "now": datetime.now(UTC).replace(tzinfo=None)
+                            if rt.db.is_sqlite
+                            else datetime.now(UTC),
+                        },
+                    )
+
+            raw = await run_concurrently(count, level, raw_one)
+            ingest = await run_concurrently(count, level, ingest_one)
+            row = {
+                "database": label,
+                "concurrency": level,
+                "count": count,
+                "ingest_per_s": round(ingest, 1),
+                "raw_insert_per_s": round(raw, 1),
+                "ratio": round(ingest / raw, 3),
+                "statements_per_ingest": per_ingest,
+            }
+            print(
+                f"{label:10} C={level:<3} ingest {ingest:8.1f}/s  raw {raw:8.1f}/s  "
+                f"ratio {ingest / raw:5.2f}  ({per_ingest} statements per ingest)",
+                flush=True,
+            )
+            rows.append(row)
+    finally:
+        await rt.close()
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['database']}\nC={r['concurrency']}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [r["raw_insert_per_s"] for r in rows],
+        0.4,
+        label="raw committed INSERT",
+    )
+    ax.bar([x + 0.2 for x in xs], [r["ingest_per_s"] for r in rows], 0.4, label="ingest()")
+    for x, r in zip(xs, rows, strict=True):
+        ax.annotate(
+            f"{r['ratio']:.0%}", (x + 0.2, r["ingest_per_s"]), ha="center", va="bottom", fontsize=9
+        )
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("messages per second")
+    ax.set_title("Ingest vs raw committed inserts (same database, same run; 2 cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    count = 200 if args.quick else args.count
+    rows: list[dict[str, Any]] = []
+    await recreate()
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
+        await asyncio.to_thread(migrate, url)
+        rows += await measure(url, [1, 8, 32], count, "postgresql")
+    finally:
+        await recreate(drop_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        await asyncio.to_thread(migrate, url)
+        rows += await measure(url, [1, 8], count, "sqlite")
+    conn = await asyncpg.connect(PG_ADMIN)
+    pg_version = await conn.fetchval("SHOW server_version")
+    await conn.close()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgresql": pg_version,
+        "quick": args.quick,
+    }
+    (RESULTS / "ingest.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2))
+    lines = [
+        "| database | concurrency | ingest/s | raw insert/s | ratio | statements/ingest |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['database']} | {r['concurrency']} | {r['ingest_per_s']:.0f} | "
+        f"{r['raw_insert_per_s']:.0f} | {r['ratio']:.0%} | {r['statements_per_ingest']} |"
+        for r in rows
+    ]
+    (RESULTS / "ingest.md").write_text(
+        f"# Ingest benchmark ({meta['date']}, {meta['cpus']} CPUs, PostgreSQL "
+        f"{pg_version}, Python {meta['python']})\n\n" + "\n".join(lines) + "\n"
+    )
+    plot(rows, RESULTS / "ingest.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
