@@ -35,7 +35,8 @@ async def follow_merges(session: AsyncSession, customer: Customer) -> Customer:
     return customer
 
 
-async def find_by_identity(session: AsyncSession, ref: IdentityRef) -> Customer | None:
+async def _identity_rows(session: AsyncSession, ref: IdentityRef) -> list[CustomerIdentity]:
+    """Identities with this address, of this kind or its family; the exact kind first."""
     kinds = sorted(PHONE_FAMILY) if ref.kind in PHONE_FAMILY else [ref.kind]
     rows = (
         await session.execute(
@@ -44,11 +45,14 @@ async def find_by_identity(session: AsyncSession, ref: IdentityRef) -> Customer 
             )
         )
     ).scalars()
-    # Prefer the exact kind, then any of its family.
-    best = sorted(rows, key=lambda i: (i.kind != ref.kind, i.id))
-    if not best:
+    return sorted(rows, key=lambda i: (i.kind != ref.kind, i.id))
+
+
+async def find_by_identity(session: AsyncSession, ref: IdentityRef) -> Customer | None:
+    rows = await _identity_rows(session, ref)
+    if not rows:
         return None
-    customer = await session.get(Customer, best[0].customer_id)
+    customer = await session.get(Customer, rows[0].customer_id)
     assert customer is not None
     return await follow_merges(session, customer)
 
@@ -61,7 +65,12 @@ async def resolve_customer(
     Two concurrent first messages from one new address race on the identity's unique key;
     the loser's transaction fails with IntegrityError and the caller retries it.
     """
-    customer = await find_by_identity(session, ref)
+    rows = await _identity_rows(session, ref)
+    customer = None
+    if rows:
+        customer = await session.get(Customer, rows[0].customer_id)
+        assert customer is not None
+        customer = await follow_merges(session, customer)
     now = clock.now()
     created = False
     if customer is None:
@@ -83,12 +92,7 @@ async def resolve_customer(
             clock=clock,
             customer_id=customer.id,
         )
-    exact = await session.scalar(
-        select(CustomerIdentity.id).where(
-            CustomerIdentity.kind == ref.kind, CustomerIdentity.address == ref.address
-        )
-    )
-    if exact is None:
+    if not rows or rows[0].kind != ref.kind:
         session.add(
             CustomerIdentity(
                 customer_id=customer.id,
