@@ -313,12 +313,15 @@ async def send_job(rt: Runtime, payload: dict[str, Any]) -> None:
                 if result.status.rank >= DeliveryStatus.sent.rank
                 else (DeliveryStatus.sent)
             )
+            # The sweeper may have declared this send interrupted (failed) while it was in
+            # flight; the provider's answer is the truth, so it wins over that guess.
             await set_status(
                 session,
                 message,
                 status,
                 clock=rt.clock,
                 provider_message_id=result.provider_message_id,
+                force=message.delivery_status == DeliveryStatus.failed,
             )
     await rt.committed()
 
@@ -327,6 +330,10 @@ async def _failed(rt: Runtime, message_id: int, reason: str, *, retryable: bool)
     async with rt.db.write() as session:
         message = await session.get(Message, message_id, with_for_update=True)
         assert message is not None
+        if message.delivery_status != DeliveryStatus.sending:
+            # The sweeper gave up on this send while it was in flight and told the agent it
+            # failed: never queue it again behind their back.
+            return
         message.send_claimed_at = None
         if retryable and message.send_attempts < rt.settings.send_max_attempts:
             delay = rt.settings.send_backoff_seconds * 2 ** (message.send_attempts - 1)
