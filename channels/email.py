@@ -9,6 +9,7 @@ the sending server retries; 5xx for an unknown mailbox, so it bounces at once).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import hashlib
@@ -28,7 +29,12 @@ from sqlalchemy import func, select
 
 from channels.webhooks import runtime_of
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_email
-from contact_center.ingest import InboundAttachment, InboundMessage, IngestResult
+from contact_center.ingest import (
+    CONVERSATION_REF,
+    InboundAttachment,
+    InboundMessage,
+    IngestResult,
+)
 from contact_center.metrics import DUPLICATES, INGESTED
 from contact_center.models import Inbox
 from contact_center.outbound import OutboundMessage, SendError, SendResult
@@ -156,8 +162,40 @@ async def inbox_for(rt: Runtime, recipients: list[str]) -> Inbox | None:
         return inbox
 
 
-async def deliver(rt: Runtime, raw: bytes, inbox_id: str) -> IngestResult:
-    result = await rt.ingestor.ingest(parse_email(raw, inbox_id))
+def reply_token(secret: str, conversation_id: int) -> str:
+    mac = hmac.new(secret.encode(), f"reply:{conversation_id}".encode(), hashlib.sha256)
+    return f"c{conversation_id}-{mac.hexdigest()[:10]}"
+
+
+def reply_address(inbox_address: str, secret: str, conversation_id: int) -> str:
+    """``support+c42-1a2b3c4d5e@example.com``: replies reach the inbox and name their
+    conversation even when the mail client drops In-Reply-To and References."""
+    local, _, domain = inbox_address.partition("@")
+    return f"{local}+{reply_token(secret, conversation_id)}@{domain}"
+
+
+def conversation_from(secret: str, recipients: list[str]) -> int | None:
+    """The conversation a verified reply token among the recipients names."""
+    for rcpt in recipients:
+        local = rcpt.partition("@")[0]
+        tag = local.partition("+")[2].lower()
+        if tag.startswith("c") and "-" in tag:
+            digits = tag[1:].split("-", 1)[0]
+            if digits.isdigit() and hmac.compare_digest(reply_token(secret, int(digits)), tag):
+                return int(digits)
+    return None
+
+
+async def deliver(
+    rt: Runtime, raw: bytes, inbox_id: str, recipients: list[str] | tuple[str, ...] = ()
+) -> IngestResult:
+    message = parse_email(raw, inbox_id)
+    conversation_id = conversation_from(rt.settings.derive_key("reply-token"), list(recipients))
+    if conversation_id is not None:
+        message = dataclasses.replace(
+            message, thread_refs=(*message.thread_refs, f"{CONVERSATION_REF}{conversation_id}")
+        )
+    result = await rt.ingestor.ingest(message)
     (DUPLICATES if result.duplicate else INGESTED).labels("email").inc()
     if not result.duplicate:
         await rt.committed()
@@ -192,7 +230,7 @@ class InboundMailHandler:
         if inbox is None:
             return "550 5.1.1 No such mailbox here"
         try:
-            await deliver(self.rt, bytes(raw or b""), inbox.id)
+            await deliver(self.rt, bytes(raw or b""), inbox.id, list(envelope.rcpt_tos))
         except MalformedEmail as exc:
             return f"554 5.6.0 Malformed message: {exc}"
         except Exception:
@@ -261,6 +299,10 @@ class SmtpSender:
         subject = message.subject or inbox.settings.get("default_subject") or "Your request"
         mail["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
         mail["Message-ID"] = message_id
+        if message.extra.get("reply_key"):
+            mail["Reply-To"] = reply_address(
+                inbox.address, str(message.extra["reply_key"]), message.conversation_id
+            )
         refs = [r for r in message.thread_refs if r.startswith("<")][-20:]
         if refs:
             mail["In-Reply-To"] = refs[-1]

@@ -9,7 +9,7 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
 ``identify`` ``{name, email}`` (pre-chat form), ``resume`` ``{last_event_id}``, ``ping``.
 
-A visitor is identified by a random id carried in an HMAC-signed token (``CC_SECRET_KEY``), kept
+A visitor is identified by a random id carried in an HMAC-signed token (a key derived from ``CC_SECRET_KEY``), kept
 by the widget in localStorage: the same visitor across page loads and reconnects. A pre-chat
 email is unverified, so it never joins an existing customer on its own: it is added as the
 visitor customer's identity only if no one else has it, else recorded as a possible duplicate
@@ -342,7 +342,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=4403, reason="unknown inbox or origin not allowed")
         return
     await socket.accept()
-    secret = rt.settings.secret_key
+    secret = rt.settings.derive_key("visitor-token")
     visitor_id = visitor_from(secret, inbox.id, params.get("visitor")) or secrets.token_hex(16)
     chat = ChatSession(rt, socket, inbox, visitor_id)
     live = await rt.bus.subscribe(EVENTS_CHANNEL, TYPING_CHANNEL)
@@ -433,7 +433,7 @@ async def chat_upload(
     row = await _inbox(rt, inbox)
     if row is None:
         raise ClientException("unknown web chat inbox", status_code=404)
-    visitor_id = visitor_from(rt.settings.secret_key, row.id, visitor)
+    visitor_id = visitor_from(rt.settings.derive_key("visitor-token"), row.id, visitor)
     if visitor_id is None:
         raise NotAuthorizedException("bad visitor token")
     upload = data.get("file")

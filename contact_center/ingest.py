@@ -40,6 +40,7 @@ from contact_center.views import conversation_view, message_view
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 64 * 1024
+CONVERSATION_REF = "conversation:"
 RETRIES = 5
 
 
@@ -266,6 +267,22 @@ class Ingestor:
         self, session: AsyncSession, msg: InboundMessage, customer_id: int
     ) -> Conversation | None:
         refs = list(msg.thread_refs)[-50:]
+        # "conversation:<id>" names a conversation directly (a verified reply token).
+        direct = [
+            int(r.split(":", 1)[1])
+            for r in refs
+            if r.startswith(CONVERSATION_REF) and r.split(":", 1)[1].isdigit()
+        ]
+        if direct:
+            found = await session.scalar(
+                select(Conversation).where(
+                    Conversation.id.in_(direct),
+                    Conversation.inbox_id == msg.inbox_id,
+                    Conversation.customer_id == customer_id,
+                )
+            )
+            if found is not None:
+                return found
         # A reference names either a thread or one of the messages in it (ours or theirs).
         conversation = await session.scalar(
             select(Conversation)

@@ -385,7 +385,10 @@ async def _load_outbound(session: AsyncSession, message_id: int, rt: Runtime) ->
             for a in attachments
         ),
         agent_name=agent_name,
-        extra={"public_url": rt.settings.public_url},
+        extra={
+            "public_url": rt.settings.public_url,
+            "reply_key": rt.settings.derive_key("reply-token"),
+        },
     )
 
 

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     def attachments_dir(self) -> Path:
         return self.data_dir / "attachments"
 
+    def derive_key(self, purpose: str) -> str:
+        """A key for one purpose (reply tokens, visitor tokens), so no component holds the
+        secret key itself."""
+        import hashlib
+        import hmac
+
+        return hmac.new(self.secret_key.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
     def check_production(self) -> None:
         if self.environment == "production" and self.secret_key == _DEV_SECRET:
             raise SettingsError(

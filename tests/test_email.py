@@ -220,6 +220,7 @@ async def test_reply_goes_out_over_smtp_with_threading_headers(rt: Runtime) -> N
         assert rcpts == ["ayse@example.org"]
         sent = email.message_from_bytes(raw, policy=email.policy.default)
         assert sent["In-Reply-To"] == "<c1@example.org>"
+        assert sent["Reply-To"].startswith(f"support+c{result.conversation_id}-")
         assert sent["Subject"] == "Re: Fatura sorunu"
         assert sent.get_body(("plain",)).get_content().strip() == "Hemen bakıyoruz."
         assert "<b>bakıyoruz</b>" in sent.get_body(("html",)).get_content()
@@ -235,3 +236,37 @@ async def test_reply_goes_out_over_smtp_with_threading_headers(rt: Runtime) -> N
         assert (await ingest(rt, back)).conversation_id == result.conversation_id
     finally:
         server.close()
+
+
+async def test_reply_token_threads_a_reply_without_headers(rt: Runtime, smtp_port: int) -> None:
+    from channels.email import reply_address
+
+    await asyncio.to_thread(smtp_send, smtp_port, mail(msgid="<t1@example.org>"))
+    async with rt.db.read() as session:
+        conversation_id = (await session.scalars(select(Conversation.id))).one()
+    key = rt.settings.derive_key("reply-token")
+    token_address = reply_address("support@example.com", key, conversation_id)
+    # The customer's client dropped In-Reply-To/References, but the address carries the token.
+    await asyncio.to_thread(
+        smtp_send, smtp_port, mail(subject="Yeni", msgid="<t2@example.org>"), token_address
+    )
+    forged = token_address.replace(token_address.split("-")[-1].split("@")[0], "0000000000")
+    await asyncio.to_thread(
+        smtp_send, smtp_port, mail(subject="Yeni", msgid="<t3@example.org>"), forged
+    )
+    # A stranger who knows the token still never joins someone else's conversation.
+    await asyncio.to_thread(
+        smtp_send,
+        smtp_port,
+        mail(sender="eve@example.org", msgid="<t4@example.org>"),
+        token_address,
+    )
+    async with rt.db.read() as session:
+        rows = dict(
+            (
+                await session.execute(select(Message.provider_message_id, Message.conversation_id))
+            ).all()
+        )
+    assert rows["<t2@example.org>"] == conversation_id
+    assert rows["<t3@example.org>"] != conversation_id
+    assert rows["<t4@example.org>"] != conversation_id
