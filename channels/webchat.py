@@ -9,11 +9,12 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
 ``identify`` ``{name, email}`` (pre-chat form), ``resume`` ``{last_event_id}``, ``ping``.
 
-A visitor is identified by a random id carried in an HMAC-signed token (a key derived from ``CC_SECRET_KEY``), kept
-by the widget in localStorage: the same visitor across page loads and reconnects. A pre-chat
-email is unverified, so it never joins an existing customer on its own: it is added as the
-visitor customer's identity only if no one else has it, else recorded as a possible duplicate
-for an agent to merge. The widget only ever sees conversations of this inbox.
+A visitor is identified by a random id carried in an HMAC-signed token (a key derived from
+``CC_SECRET_KEY``), kept by the widget in localStorage: the same visitor across page loads and
+reconnects. A pre-chat email is unverified, so it never joins an existing customer on its own:
+it is added as the visitor customer's identity only if no one else has it, else recorded as a
+possible duplicate for an agent to merge. The widget only ever sees conversations of this
+inbox.
 """
 
 from __future__ import annotations
