@@ -8,12 +8,13 @@ committed: only then may the adapter answer the provider 2xx.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, Table, and_, bindparam, cast, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,8 +30,10 @@ from contact_center.models import (
     Conversation,
     ConversationStatus,
     Customer,
+    CustomerIdentity,
     DeliveryStatus,
     Direction,
+    DomainEvent,
     Inbox,
     Message,
 )
@@ -106,8 +109,13 @@ class Ingestor:
                 stored.append(self.store.save(att.data, att.filename, att.content_type))
             except AttachmentRejected as exc:
                 rejected.append(f"{att.filename or 'attachment'}: {exc}")
+        hot = msg.continuous and not msg.thread_refs and not msg.attachments
         for attempt in range(RETRIES):
             try:
+                if hot:
+                    found = await self._ingest_hot(msg)
+                    if found is not None:
+                        return found
                 async with self.db.write() as session:
                     result = await self._ingest_once(session, msg, stored, rejected)
                 return result
@@ -118,6 +126,108 @@ class Ingestor:
                     raise
                 log.debug("ingest race on %s, retrying", msg.provider_message_id)
         raise AssertionError("unreachable")
+
+    async def _ingest_hot(self, msg: InboundMessage) -> IngestResult | None:
+        """The common case in one statement: a known sender continuing an open conversation.
+
+        On PostgreSQL one statement answers "already stored?", "who is it?" and "which
+        conversation?" and, when the answers are the usual ones, stores the message, touches the
+        conversation and appends the event. On SQLite the same happens in three statements
+        under the write lock. Anything unusual (new sender, merged customer, a conversation
+        that is not open, a name to fill in) returns None: the general path handles it.
+        """
+        channel = self._inbox_kinds.get(msg.inbox_id)
+        if channel is None:
+            return None  # the general path checks the inbox and caches its kind
+        now = self.clock.now()
+        html = clean_html(msg.html) if msg.html else None
+        text = (msg.text or (html_to_text(html) if html else ""))[:MAX_TEXT]
+        values: dict[str, Any] = {
+            "conversation_id": None,
+            "inbox_id": msg.inbox_id,
+            "direction": Direction.inbound.value,
+            "author_type": AuthorType.customer.value,
+            "customer_id": None,
+            "private": False,
+            "text": text,
+            "html": html,
+            "subject": msg.subject,
+            "provider_message_id": msg.provider_message_id,
+            "delivery_status": DeliveryStatus.received.value,
+            "send_attempts": 0,
+            "extra": dict(msg.extra),
+            "created_at": now,
+            "sent_at": msg.sent_at,
+        }
+        # The event's payload is the message's one JSON shape; the ids are filled in below.
+        payload = message_view(Message(**values), channel)
+        keys = {
+            "inbox": msg.inbox_id,
+            "pid": msg.provider_message_id,
+            "kind": msg.sender.kind,
+            "addr": msg.sender.address,
+            "key_prefix": active_key(msg.inbox_id, 0)[:-1],
+            "needs_name": bool(msg.sender.display_name),
+        }
+        async with self.db.engine.begin() as conn:
+            if not self.db.is_sqlite:
+                row = (
+                    await conn.execute(
+                        _HOT_PG,
+                        {
+                            **keys,
+                            **values,
+                            "extra": json.dumps(values["extra"]),
+                            "payload": json.dumps(payload),
+                        },
+                    )
+                ).one()
+                if row.dup_id is not None:
+                    return IngestResult(
+                        row.dup_id, row.dup_conversation_id, row.dup_customer_id or 0, True
+                    )
+                if row.message_id is None:
+                    return None
+                return IngestResult(row.message_id, row.conversation_id, row.customer_id, False)
+            row = (await conn.execute(_HOT_LOOKUP, keys)).one()
+            if row.dup_id is not None:
+                return IngestResult(
+                    row.dup_id, row.dup_conversation_id, row.dup_customer_id or 0, True
+                )
+            if (
+                row.customer_id is None
+                or row.merged_into_id is not None
+                or (not row.customer_name and keys["needs_name"])
+                or row.conversation_id is None
+                or row.conversation_status != ConversationStatus.open
+            ):
+                return None
+            # BEGIN IMMEDIATE holds the write lock since the lookup: nothing changed since.
+            values.update(conversation_id=row.conversation_id, customer_id=row.customer_id)
+            await conn.execute(
+                update(_CONVERSATIONS)
+                .where(_CONVERSATIONS.c.id == row.conversation_id)
+                .values(last_message_at=now, updated_at=now)
+            )
+            message_id = await conn.scalar(
+                insert(_MESSAGES).values(values).returning(_MESSAGES.c.id)
+            )
+            assert message_id is not None
+            await conn.execute(
+                insert(_EVENTS).values(
+                    type="message.created",
+                    payload={
+                        **payload,
+                        "id": message_id,
+                        "conversation_id": row.conversation_id,
+                        "customer_id": row.customer_id,
+                    },
+                    conversation_id=row.conversation_id,
+                    customer_id=row.customer_id,
+                    created_at=now,
+                )
+            )
+            return IngestResult(message_id, row.conversation_id, row.customer_id, False)
 
     async def _ingest_once(
         self,
@@ -307,3 +417,99 @@ class Ingestor:
             .order_by(Conversation.id.desc())
             .limit(1)
         )
+
+
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_EVENTS: Table = DomainEvent.__table__  # type: ignore[assignment]
+_IDENTITIES: Table = CustomerIdentity.__table__  # type: ignore[assignment]
+_CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
+
+_dup = _MESSAGES.alias("dup")
+_one = select(literal(1).label("one")).subquery("one")
+_HOT_LOOKUP = select(
+    _dup.c.id.label("dup_id"),
+    _dup.c.conversation_id.label("dup_conversation_id"),
+    _dup.c.customer_id.label("dup_customer_id"),
+    _IDENTITIES.c.customer_id,
+    _CUSTOMERS.c.merged_into_id,
+    _CUSTOMERS.c.name.label("customer_name"),
+    _CONVERSATIONS.c.id.label("conversation_id"),
+    _CONVERSATIONS.c.status.label("conversation_status"),
+).select_from(
+    _one.outerjoin(
+        _dup,
+        and_(
+            _dup.c.inbox_id == bindparam("inbox", type_=String),
+            _dup.c.provider_message_id == bindparam("pid", type_=String),
+        ),
+    )
+    .outerjoin(
+        _IDENTITIES,
+        and_(
+            _IDENTITIES.c.kind == bindparam("kind", type_=String),
+            _IDENTITIES.c.address == bindparam("addr", type_=String),
+        ),
+    )
+    .outerjoin(_CUSTOMERS, _CUSTOMERS.c.id == _IDENTITIES.c.customer_id)
+    .outerjoin(
+        _CONVERSATIONS,
+        _CONVERSATIONS.c.active_key
+        == bindparam("key_prefix", type_=String) + cast(_IDENTITIES.c.customer_id, String),
+    )
+)
+
+# PostgreSQL, one round trip. "look" is the lookup above; "conv" touches the conversation only
+# when the message is new, the sender known and unmerged and the conversation still open (the
+# row lock orders this against a concurrent resolve: under READ COMMITTED the status is
+# re-checked on the locked row); "msg" and the event follow only if it did. The row that comes
+# back tells the caller what happened (message_id NULL: take the general path).
+_HOT_PG = text(
+    """
+WITH look AS (
+    SELECT dup.id AS dup_id, dup.conversation_id AS dup_conversation_id,
+        dup.customer_id AS dup_customer_id, ci.customer_id, cu.merged_into_id,
+        cu.name AS customer_name, c.id AS conversation_id
+    FROM (SELECT 1 AS one) AS one
+    LEFT JOIN messages AS dup
+        ON dup.inbox_id = CAST(:inbox AS VARCHAR)
+        AND dup.provider_message_id = CAST(:pid AS VARCHAR)
+    LEFT JOIN customer_identities AS ci
+        ON ci.kind = CAST(:kind AS VARCHAR) AND ci.address = CAST(:addr AS VARCHAR)
+    LEFT JOIN customers AS cu ON cu.id = ci.customer_id
+    LEFT JOIN conversations AS c
+        ON c.active_key = CAST(:key_prefix AS VARCHAR) || CAST(ci.customer_id AS VARCHAR)
+), conv AS (
+    UPDATE conversations SET last_message_at = CAST(:created_at AS TIMESTAMPTZ),
+        updated_at = CAST(:created_at AS TIMESTAMPTZ)
+    FROM look
+    WHERE conversations.id = look.conversation_id AND conversations.status = 'open'
+        AND look.dup_id IS NULL AND look.merged_into_id IS NULL
+        AND (look.customer_name <> '' OR NOT CAST(:needs_name AS BOOLEAN))
+    RETURNING conversations.id, look.customer_id
+), msg AS (
+    INSERT INTO messages (conversation_id, inbox_id, direction, author_type, customer_id,
+        private, text, html, subject, provider_message_id, delivery_status, send_attempts,
+        extra, created_at, sent_at)
+    SELECT conv.id, CAST(:inbox_id AS VARCHAR), CAST(:direction AS VARCHAR),
+        CAST(:author_type AS VARCHAR), conv.customer_id, CAST(:private AS BOOLEAN),
+        CAST(:text AS TEXT), CAST(:html AS TEXT), CAST(:subject AS VARCHAR),
+        CAST(:provider_message_id AS VARCHAR), CAST(:delivery_status AS VARCHAR),
+        CAST(:send_attempts AS INTEGER), CAST(:extra AS JSONB),
+        CAST(:created_at AS TIMESTAMPTZ), CAST(:sent_at AS TIMESTAMPTZ)
+    FROM conv
+    RETURNING id, conversation_id, customer_id
+), ev AS (
+    INSERT INTO domain_events (type, conversation_id, customer_id, payload, created_at)
+    SELECT 'message.created', msg.conversation_id, msg.customer_id,
+        CAST(:payload AS JSONB) || jsonb_build_object('id', msg.id,
+            'conversation_id', msg.conversation_id, 'customer_id', msg.customer_id),
+        CAST(:created_at AS TIMESTAMPTZ)
+    FROM msg
+    RETURNING 1
+)
+SELECT look.dup_id, look.dup_conversation_id, look.dup_customer_id, msg.id AS message_id,
+    msg.conversation_id, msg.customer_id, (SELECT count(*) FROM ev) AS events
+FROM look LEFT JOIN msg ON true
+"""
+)

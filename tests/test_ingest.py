@@ -71,6 +71,76 @@ async def test_concurrent_duplicates_store_exactly_one(rt: Runtime) -> None:
     assert await count(rt, Customer) == 1
 
 
+async def test_concurrent_duplicates_from_a_known_sender_store_exactly_one(rt: Runtime) -> None:
+    await make_inbox(rt)
+    first = await ingest(rt, sms("Hi", sid="SM-first"))
+    results = await asyncio.gather(*(ingest(rt, sms("again", sid="SM-dup")) for _ in range(8)))
+    assert sum(not r.duplicate for r in results) == 1
+    assert {r.conversation_id for r in results} == {first.conversation_id}
+    assert await count(rt, Message) == 2
+    async with rt.db.read() as session:
+        created = (
+            await session.scalars(select(DomainEvent).where(DomainEvent.type == "message.created"))
+        ).all()
+    assert len(created) == 2
+
+
+async def test_message_event_describes_the_stored_message(rt: Runtime) -> None:
+    await make_inbox(rt)
+    await ingest(rt, sms("one", sid="SM1"))
+    second = await ingest(rt, sms("two <b>bold</b>", sid="SM2", extra={"k": "v"}))
+    async with rt.db.read() as session:
+        event = (
+            await session.scalars(
+                select(DomainEvent)
+                .where(DomainEvent.type == "message.created")
+                .order_by(DomainEvent.id.desc())
+            )
+        ).first()
+        conv = await session.get(Conversation, second.conversation_id)
+    assert event is not None and conv is not None
+    assert event.conversation_id == second.conversation_id
+    assert event.customer_id == second.customer_id
+    data = event.payload
+    assert data["id"] == second.message_id
+    assert data["conversation_id"] == second.conversation_id
+    assert data["customer_id"] == second.customer_id
+    assert (data["text"], data["channel"], data["direction"]) == ("two <b>bold</b>", "sms", "in")
+    assert data["delivery_status"] == "received"
+    assert conv.last_message_at.isoformat().replace("+00:00", "Z") == data["created_at"]
+
+
+async def test_known_sender_without_a_name_gets_the_one_they_send(rt: Runtime) -> None:
+    await make_inbox(rt)
+    first = await ingest(rt, sms("one", sid="SM1"))
+    named = IdentityRef.of("phone", "+14155550100", display_name="Ayşe Yılmaz")
+    again = await ingest(
+        rt, InboundMessage(inbox_id="sms", provider_message_id="SM2", sender=named, text="two")
+    )
+    assert again.conversation_id == first.conversation_id
+    async with rt.db.read() as session:
+        customer = await session.get(Customer, first.customer_id)
+    assert customer is not None and customer.name == "Ayşe Yılmaz"
+
+
+async def test_messages_from_a_merged_customer_reach_the_survivor(rt: Runtime) -> None:
+    from contact_center.customers import merge_customers
+
+    await make_inbox(rt)
+    a = await ingest(rt, sms("from a", sid="SM1", phone="+14155550100"))
+    b = await ingest(rt, sms("from b", sid="SM2", phone="+14155550101"))
+    async with rt.db.write() as session:
+        await merge_customers(
+            session,
+            source_id=b.customer_id,
+            target_id=a.customer_id,
+            clock=rt.clock,
+            acting_agent_id=0,
+        )
+    later = await ingest(rt, sms("b again", sid="SM3", phone="+14155550101"))
+    assert later.customer_id == a.customer_id
+
+
 async def test_concurrent_first_messages_from_new_customer_share_one_conversation(
     rt: Runtime,
 ) -> None:
