@@ -17,6 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.exc import DBAPIError
 
 import channels
+from agent_ui import socket as agent_socket
 from agent_ui import widget
 from contact_center import __version__
 from contact_center.api.admin import AgentController, InboxController, TeamController
@@ -28,6 +29,7 @@ from contact_center.auth import TokenAuthMiddleware
 from contact_center.runtime import Runtime
 from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
+from routing import api as routing_api
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ PUBLIC_PATHS = [
     "^/webhooks/",
     "^/webchat/",
     "^/ws/chat",
+    "^/ws/agent",  # authenticates itself, to close with a clear code
     "^/widget.js",
     "^/demo/",
 ]
@@ -115,6 +118,8 @@ def create_app(
             TeamController,
             *channels.route_handlers(),
             *widget.route_handlers,
+            *agent_socket.route_handlers,
+            *routing_api.route_handlers,
             *(extra_route_handlers or []),
         ],
         lifespan=[lifespan],

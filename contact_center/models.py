@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -183,6 +184,10 @@ class Agent(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
     last_login_at: Mapped[datetime | None]
+    # Routing: {"skill": level 1-10}; {"voice": n, "chat": n, "email": n} (missing = default).
+    skills: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    capacity: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    voice_blocks_chat: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     teams: Mapped[list[Team]] = relationship(
         secondary="team_members", back_populates="members", lazy="selectin"
@@ -276,6 +281,7 @@ class Conversation(Base):
         Index(None, "status", "last_message_at"),
         Index(None, "customer_id", "created_at"),
         Index(None, "assignee_id", "status"),
+        Index(None, "assignee_id", "resolved_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     inbox_id: Mapped[str] = mapped_column(ForeignKey("inboxes.id"))

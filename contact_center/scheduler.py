@@ -1,4 +1,4 @@
-"""The scheduler: outbox relay and periodic sweeps, with exactly one active leader.
+"""The scheduler: outbox relay, periodic sweeps and the routing engine, with one leader.
 
 Leadership is a lease in Redis (``SET NX PX`` renewed by compare-and-extend); a standby takes
 over within one lease period after the leader dies. Without Redis (embedded) the one process
@@ -13,8 +13,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from contact_center.relay import Relay
 from contact_center.runtime import Runtime
@@ -66,11 +67,22 @@ class Lease:
             await self._redis.aclose()
 
 
+Service = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
 class Scheduler:
-    def __init__(self, rt: Runtime, relay: Relay, periodic: list[Periodic]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        relay: Relay,
+        periodic: list[Periodic],
+        services: list[tuple[str, Service]] | None = None,
+    ) -> None:
         self.rt = rt
         self.relay = relay
         self.periodic = periodic
+        # Long-running loops that only the leader runs (the routing engine).
+        self.services = services or []
         self.lease = Lease(rt.settings.redis_url)
         self.is_leader = False
 
@@ -95,6 +107,7 @@ class Scheduler:
         tasks += [
             asyncio.create_task(self._every(p, inner_stop), name=p.name) for p in self.periodic
         ]
+        tasks += [asyncio.create_task(run(inner_stop), name=name) for name, run in self.services]
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):

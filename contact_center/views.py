@@ -115,6 +115,9 @@ def agent_view(agent: Agent, team_ids: list[int] | None = None) -> dict[str, Any
         "timezone": agent.timezone,
         "locale": agent.locale,
         "is_active": agent.is_active,
+        "skills": agent.skills,
+        "capacity": agent.capacity,
+        "voice_blocks_chat": agent.voice_blocks_chat,
         "team_ids": team_ids if team_ids is not None else [t.id for t in agent.teams],
     }
 

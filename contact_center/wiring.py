@@ -15,12 +15,16 @@ from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
 from contact_center.clock import Clock, SystemClock
 from contact_center.db import Database
+from contact_center.events import register_event_types
 from contact_center.ingest import Ingestor
 from contact_center.jobs import InProcessJobs, RqJobs, get_job
 from contact_center.relay import JobSubscription, Relay
 from contact_center.runtime import Runtime
 from contact_center.scheduler import Periodic, Scheduler
 from contact_center.settings import Settings, get_settings
+from routing import engine as routing_engine
+
+register_event_types(*routing_engine.EVENT_TYPES)
 
 
 def subscriptions() -> list[JobSubscription]:
@@ -58,11 +62,13 @@ async def build_runtime(
     rt.jobs = (
         RqJobs(settings.redis_url, settings.rq_queue) if settings.redis_url else InProcessJobs(rt)
     )
+    rt.extras["routing"] = routing_engine.RoutingEngine(rt)
     return rt
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
-    return Scheduler(rt, Relay(rt, subscriptions()), periodic())
+    engine = routing_engine.engine_of(rt)
+    return Scheduler(rt, Relay(rt, subscriptions()), periodic(), [("routing", engine.run)])
 
 
 async def worker_runtime(settings: Settings) -> Runtime:

@@ -26,10 +26,13 @@ import contact_center.auth as core_auth
 from contact_center.app import create_app
 from contact_center.auth import LoginThrottle
 from contact_center.ingest import InboundAttachment
-from contact_center.models import Attachment, Team
+from contact_center.models import Agent, Attachment, Team
 from contact_center.runtime import Runtime
 from contact_center.settings import Settings
+from routing.engine import engine_of
+from routing.models import Offer, Presence, RoutingRule
 from tests.helpers import Org, Person, ingest, make_inbox, make_org, sms
+from tests.routing_helpers import make_queue, make_rule, presence
 
 API_PREFIX = "/api/v1"
 RANKS = {"agent": 1, "supervisor": 2, "admin": 3}
@@ -47,6 +50,10 @@ class Ctx:
     other_customer_id: int
     attachment_id: int
     spare_team_id: int
+    queue_id: int
+    rule_id: int
+    offer_id: int
+    other_conversation_id: int
 
     def person(self, role: str) -> Person:
         return {
@@ -184,6 +191,57 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/teams/{team_id:int}"): Rule(
         "admin", lambda c: (f"/api/v1/teams/{c.spare_team_id}", None, 204)
     ),
+    # routing: queues and rules (admins write), presence, offers, assignment, transfer
+    ("GET", "/api/v1/queues"): Rule("agent", lambda c: ("/api/v1/queues", None, 200)),
+    ("POST", "/api/v1/queues"): Rule(
+        "admin", lambda c: ("/api/v1/queues", {"name": "VIP", "priority": 2}, 201)
+    ),
+    ("GET", "/api/v1/queues/{queue_id:int}"): Rule(
+        "agent", lambda c: (f"/api/v1/queues/{c.queue_id}", None, 200)
+    ),
+    ("PATCH", "/api/v1/queues/{queue_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/queues/{c.queue_id}", {"offer_timeout_seconds": 45}, 200)
+    ),
+    ("DELETE", "/api/v1/queues/{queue_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/queues/{c.queue_id}", None, 204)
+    ),
+    ("GET", "/api/v1/routing-rules"): Rule(
+        "supervisor", lambda c: ("/api/v1/routing-rules", None, 200)
+    ),
+    ("POST", "/api/v1/routing-rules"): Rule(
+        "admin",
+        lambda c: ("/api/v1/routing-rules", {"queue_id": c.queue_id, "keywords": ["iade"]}, 201),
+    ),
+    ("DELETE", "/api/v1/routing-rules/{rule_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/routing-rules/{c.rule_id}", None, 204)
+    ),
+    ("GET", "/api/v1/presence"): Rule("supervisor", lambda c: ("/api/v1/presence", None, 200)),
+    ("PUT", "/api/v1/agents/{agent_id:int}/presence"): Rule(
+        "agent",
+        lambda c: (f"/api/v1/agents/{c.org.agent.id}/presence", {"state": "away"}, 200),
+    ),
+    ("POST", "/api/v1/offers/{offer_id:int}/accept"): Rule(
+        "agent", lambda c: (f"/api/v1/offers/{c.offer_id}/accept", None, 200)
+    ),
+    ("POST", "/api/v1/offers/{offer_id:int}/decline"): Rule(
+        "agent", lambda c: (f"/api/v1/offers/{c.offer_id}/decline", None, 200)
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/assign"): Rule(
+        "supervisor",
+        lambda c: (
+            f"/api/v1/conversations/{c.other_conversation_id}/assign",
+            {"agent_id": c.org.other_agent.id},
+            200,
+        ),
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/transfer"): Rule(
+        "agent",
+        lambda c: (
+            f"/api/v1/conversations/{c.conversation_id}/transfer",
+            {"queue_id": c.queue_id, "note": "needs billing"},
+            200,
+        ),
+    ),
 }
 
 
@@ -249,6 +307,22 @@ async def make_ctx(rt: Runtime) -> Ctx:
             select(Attachment.id).where(Attachment.message_id == first.message_id)
         )
     assert attachment_id is not None
+    # Routing: a queue and a rule; the agent is available and holds an offer for the first
+    # conversation (the second waits: the agent's chat capacity is one).
+    queue_id = await make_queue(rt, "Front", is_default=True)
+    await make_rule(rt, queue_id, 1, keywords=["bill"])
+    async with rt.db.write() as session:
+        agent = await session.get(Agent, org.agent.id)
+        assert agent is not None
+        agent.capacity = {"chat": 1}
+        rule_id = await session.scalar(select(RoutingRule.id))
+    await presence(rt, org.agent.id, Presence.available)
+    await engine_of(rt).run_pass()
+    async with rt.db.read() as session:
+        offer_id = await session.scalar(
+            select(Offer.id).where(Offer.conversation_id == first.conversation_id)
+        )
+    assert rule_id is not None and offer_id is not None
     return Ctx(
         org=org,
         inbox_id=inbox_id,
@@ -257,6 +331,10 @@ async def make_ctx(rt: Runtime) -> Ctx:
         other_customer_id=second.customer_id,
         attachment_id=attachment_id,
         spare_team_id=spare_id,
+        queue_id=queue_id,
+        rule_id=rule_id,
+        offer_id=offer_id,
+        other_conversation_id=second.conversation_id,
     )
 
 

@@ -162,6 +162,23 @@ class AgentCreate(msgspec.Struct, forbid_unknown_fields=True):
     timezone: str = "UTC"
     locale: str = "en"
     team_ids: list[int] = []
+    skills: dict[str, int] = {}
+    capacity: dict[str, int] = {}
+    voice_blocks_chat: bool = True
+
+
+ROUTING_CLASSES = ("voice", "chat", "email")
+
+
+def _check_routing(skills: dict[str, int] | None, capacity: dict[str, int] | None) -> None:
+    for name, level in (skills or {}).items():
+        if not (0 < len(name) <= 64) or not 1 <= level <= 10:
+            raise ClientException(f"skills: {name!r} needs a name and a level from 1 to 10")
+    for cls, n in (capacity or {}).items():
+        if cls not in ROUTING_CLASSES or not 0 <= n <= 100:
+            raise ClientException(
+                f"capacity: {cls!r} must be one of {', '.join(ROUTING_CLASSES)} with 0 to 100"
+            )
 
 
 class AgentUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -173,6 +190,9 @@ class AgentUpdate(msgspec.Struct, forbid_unknown_fields=True):
     locale: str | msgspec.UnsetType = msgspec.UNSET
     is_active: bool | msgspec.UnsetType = msgspec.UNSET
     team_ids: list[int] | msgspec.UnsetType = msgspec.UNSET
+    skills: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
+    capacity: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
+    voice_blocks_chat: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 def _check_password(password: str) -> None:
@@ -210,6 +230,7 @@ class AgentController(Controller):
         email = data.email.strip().lower()
         if "@" not in email:
             raise ClientException("email: not an email address")
+        _check_routing(data.skills, data.capacity)
         try:
             async with rt.db.write() as session:
                 agent = Agent(
@@ -220,6 +241,9 @@ class AgentController(Controller):
                     languages=data.languages,
                     timezone=data.timezone,
                     locale=data.locale,
+                    skills=data.skills,
+                    capacity=data.capacity,
+                    voice_blocks_chat=data.voice_blocks_chat,
                     is_active=True,
                     created_at=rt.clock.now(),
                 )
@@ -255,7 +279,20 @@ class AgentController(Controller):
                 data.role not in (msgspec.UNSET, Role.admin) or data.is_active is False
             ):
                 raise ClientException("you cannot demote or deactivate yourself")
-            for field in ("name", "languages", "timezone", "locale", "is_active"):
+            _check_routing(
+                data.skills if data.skills is not msgspec.UNSET else None,
+                data.capacity if data.capacity is not msgspec.UNSET else None,
+            )
+            for field in (
+                "name",
+                "languages",
+                "timezone",
+                "locale",
+                "is_active",
+                "skills",
+                "capacity",
+                "voice_blocks_chat",
+            ):
                 value = getattr(data, field)
                 if value is not msgspec.UNSET:
                     setattr(agent, field, value)

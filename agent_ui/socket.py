@@ -1,0 +1,404 @@
+"""``/ws/agent``: the agent's live connection (protocol reference: docs/agent-protocol.md).
+
+One connection per browser tab (or client). It authenticates with ``?token=``, an
+``Authorization: Bearer`` header or the session cookie, checks the Origin, then streams the
+events this agent may see (offers and presence for them, the events of conversations they can
+see) with the event position as ``id``: a client that reconnects with ``?last_event_id=N`` (or
+sends ``resume``) receives every event after N, in order, then live ones, and none twice.
+Frames from the client are authorized one by one (an agent answers only their own offers and
+writes only in conversations they may see).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from sqlalchemy import func, select
+
+from contact_center.api.common import visibility
+from contact_center.auth import agent_for_token, credentials_from
+from contact_center.models import Agent, Conversation, DomainEvent, Role
+from contact_center.outbound import ReplyError, reply
+from contact_center.relay import EVENTS_CHANNEL
+from contact_center.runtime import Runtime
+from contact_center.views import message_view
+from contact_center.wsutil import Bucket, origin_allowed
+from routing.engine import (
+    RoutingError,
+    agent_status,
+    engine_of,
+    set_presence,
+    status_view,
+)
+from routing.models import AgentStatus, Offer, OfferStatus, Presence
+
+log = logging.getLogger(__name__)
+
+TYPING_CHANNEL = "typing"
+MAX_FRAME = 64 * 1024
+RATE = 10.0
+BURST = 40
+HEARTBEAT_SECONDS = 15.0
+BACKLOG_PAGE = 500
+# Events about the agent themself (agent_id is theirs), whatever the conversation.
+PERSONAL = frozenset(
+    {
+        "offer.created",
+        "offer.accepted",
+        "offer.declined",
+        "offer.expired",
+        "offer.withdrawn",
+        "presence.updated",
+    }
+)
+# Events about a conversation, sent when the agent may see the conversation.
+CONVERSATION = frozenset(
+    {
+        "conversation.created",
+        "conversation.updated",
+        "conversation.assigned",
+        "message.created",
+        "message.status",
+    }
+)
+WIRE_TYPE = {"offer.created": "offer"}
+
+
+class FrameError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AgentSession:
+    def __init__(self, rt: Runtime, socket: WebSocket[Any, Any, Any], agent: Agent) -> None:
+        self.rt = rt
+        self.socket = socket
+        self.agent = agent
+        self.sent_upto = 0
+        self.bucket = Bucket(RATE, BURST)
+        self._visible: dict[int, bool] = {}
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def sees_everything(self) -> bool:
+        return Role(self.agent.role).rank >= Role.supervisor.rank
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.socket.send_json(frame)
+
+    async def may_see(self, conversation_id: int | None, *, fresh: bool = False) -> bool:
+        if conversation_id is None:
+            return False
+        if self.sees_everything:
+            return True
+        if fresh or conversation_id not in self._visible:
+            async with self.rt.db.read() as session:
+                rule = await visibility(session, self.agent)
+                query = select(Conversation.id).where(Conversation.id == conversation_id)
+                if rule is not None:
+                    query = query.where(rule)
+                self._visible[conversation_id] = (await session.scalar(query)) is not None
+        return self._visible[conversation_id]
+
+    async def wants(self, env: dict[str, Any]) -> bool:
+        kind = env.get("type")
+        if kind in PERSONAL:
+            return env.get("agent_id") == self.agent.id
+        if kind in CONVERSATION:
+            # Assignment and team changes can change what the agent may see: look again.
+            fresh = kind in ("conversation.assigned", "conversation.updated")
+            return await self.may_see(env.get("conversation_id"), fresh=fresh)
+        return False
+
+    async def send_event(self, env: dict[str, Any]) -> None:
+        position = int(env.get("id") or 0)
+        if position <= self.sent_upto:
+            return  # seen already: the relay may publish twice, the backlog overlaps live
+        if await self.wants(env):
+            kind = str(env["type"])
+            await self.send(
+                {
+                    "type": WIRE_TYPE.get(kind, kind),
+                    "id": position,
+                    "conversation_id": env.get("conversation_id"),
+                    "data": env.get("data") or {},
+                }
+            )
+        self.sent_upto = position
+
+    async def backlog(self, after: int) -> None:
+        """Every event after ``after`` this agent may see, in order (then live ones follow)."""
+        types = PERSONAL | CONVERSATION
+        while True:
+            async with self.rt.db.read() as session:
+                rows = (
+                    await session.scalars(
+                        select(DomainEvent)
+                        .where(DomainEvent.position > after, DomainEvent.type.in_(types))
+                        .order_by(DomainEvent.position)
+                        .limit(BACKLOG_PAGE)
+                    )
+                ).all()
+            for event in rows:
+                await self.send_event(
+                    {
+                        "type": event.type,
+                        "id": event.position,
+                        "conversation_id": event.conversation_id,
+                        "agent_id": event.agent_id,
+                        "data": event.payload,
+                    }
+                )
+            if len(rows) < BACKLOG_PAGE:
+                return
+            after = int(rows[-1].position or after)
+
+    async def heartbeat(self) -> None:
+        async with self.rt.db.write() as session:
+            status = await agent_status(session, self.agent.id, self.rt.clock)
+            status.last_seen_at = self.rt.clock.now()
+
+    async def hello(self, head: int) -> None:
+        async with self.rt.db.read() as session:
+            status = await session.get(AgentStatus, self.agent.id)
+            offers = (
+                await session.scalars(
+                    select(Offer).where(
+                        Offer.agent_id == self.agent.id, Offer.status == OfferStatus.pending
+                    )
+                )
+            ).all()
+        await self.send(
+            {
+                "type": "hello",
+                "data": {
+                    "agent": {
+                        "id": self.agent.id,
+                        "name": self.agent.name,
+                        "role": self.agent.role,
+                    },
+                    "presence": status_view(status) if status else None,
+                    "pending_offer_ids": [o.id for o in offers],
+                    "last_event_id": head,
+                    "heartbeat_seconds": HEARTBEAT_SECONDS,
+                    "server_time": self.rt.clock.now().isoformat(),
+                },
+            }
+        )
+
+    # ----- frames from the client
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        data = frame.get("data") or {}
+        if not isinstance(data, dict):
+            raise FrameError("bad_frame", "data must be an object")
+        if kind == "ping":
+            await self.heartbeat()
+            await self.send({"type": "pong", "data": {}})
+        elif kind == "resume":
+            await self.backlog(_int(data, "last_event_id", minimum=0))
+        elif kind == "presence.set":
+            await self.presence(data)
+        elif kind in ("offer.accept", "offer.decline"):
+            offer_id = _int(data, "offer_id", minimum=1)
+            try:
+                offer = await engine_of(self.rt).answer(
+                    offer_id, self.agent.id, accept=kind == "offer.accept"
+                )
+            except RoutingError as exc:
+                raise FrameError("offer_unavailable", str(exc)) from None
+            await self.rt.committed()
+            await self.ack(kind, {"offer_id": offer_id, "status": offer.status})
+        elif kind == "message.send":
+            await self.message(data)
+        elif kind == "typing":
+            conversation_id = _int(data, "conversation_id", minimum=1)
+            if not await self.may_see(conversation_id):
+                raise FrameError("forbidden", "you cannot see this conversation")
+            await self.rt.bus.publish(
+                TYPING_CHANNEL,
+                {
+                    "conversation_id": conversation_id,
+                    "from": "agent",
+                    "agent_id": self.agent.id,
+                    "typing": bool(data.get("typing", True)),
+                },
+            )
+        else:
+            raise FrameError("unknown_type", f"unknown frame type {kind!r}")
+
+    async def ack(self, kind: str, data: dict[str, Any]) -> None:
+        await self.send({"type": "ack", "data": {"for": kind, **data}})
+
+    async def presence(self, data: dict[str, Any]) -> None:
+        try:
+            state = Presence(str(data.get("state")))
+        except ValueError:
+            raise FrameError(
+                "bad_frame", f"state must be one of {', '.join(p.value for p in Presence)}"
+            ) from None
+        reason = data.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 120):
+            raise FrameError("bad_frame", "reason must be text of at most 120 characters")
+        async with self.rt.db.write() as session:
+            status = await set_presence(
+                session,
+                self.agent.id,
+                state,
+                clock=self.rt.clock,
+                reason=reason or None,
+                by_agent_id=self.agent.id,
+            )
+            status.last_seen_at = self.rt.clock.now()
+            view = status_view(status)
+        await self.rt.committed()
+        await self.ack("presence.set", view)
+
+    async def message(self, data: dict[str, Any]) -> None:
+        conversation_id = _int(data, "conversation_id", minimum=1)
+        client_id = data.get("client_id")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
+            raise FrameError("bad_frame", "message.send needs a client_id of 1 to 64 characters")
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise FrameError("bad_frame", "message.send needs text")
+        if not await self.may_see(conversation_id, fresh=True):
+            raise FrameError("forbidden", "you cannot see this conversation")
+        async with self.rt.db.write() as session:
+            try:
+                message, created = await reply(
+                    session,
+                    conversation_id=conversation_id,
+                    agent=self.agent,
+                    text=text,
+                    private=bool(data.get("private", False)),
+                    client_id=client_id,
+                    clock=self.rt.clock,
+                )
+            except (ReplyError, LookupError) as exc:
+                raise FrameError("rejected", str(exc)) from None
+            view = message_view(message, "")
+        if created:
+            await self.rt.committed()
+        await self.ack(
+            "message.send",
+            {"client_id": client_id, "message_id": view["id"], "duplicate": not created},
+        )
+
+
+def _int(data: dict[str, Any], key: str, *, minimum: int) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**62:
+        raise FrameError("bad_frame", f"{key} must be an integer of at least {minimum}")
+    return value
+
+
+@websocket("/ws/agent")
+async def agent_socket(socket: WebSocket[Any, Any, Any]) -> None:
+    rt: Runtime = socket.app.state.runtime
+    settings = rt.settings
+    # Refusals are accepted first and then closed, so that the client sees the close code.
+    if not origin_allowed(
+        socket.headers.get("origin"), settings.public_url, settings.allowed_origins
+    ):
+        await socket.accept()
+        await socket.close(code=4403, reason="origin not allowed")
+        return
+    token = credentials_from(socket)
+    found = await agent_for_token(rt, token) if token else None
+    if found is None:
+        await socket.accept()
+        await socket.close(code=4401, reason="sign in first (token invalid, expired or revoked)")
+        return
+    agent = found[0]
+    await socket.accept()
+    session = AgentSession(rt, socket, agent)
+    live = await rt.bus.subscribe(EVENTS_CHANNEL, TYPING_CHANNEL)
+    try:
+        await session.heartbeat()
+        async with rt.db.read() as db:
+            head = int(await db.scalar(select(func.max(DomainEvent.position))) or 0)
+        await session.hello(head)
+        raw_after = socket.query_params.get("last_event_id")
+        after = head
+        if raw_after is not None:
+            try:
+                after = max(0, min(int(raw_after), head))
+            except ValueError:
+                after = head
+        session.sent_upto = after
+        await session.backlog(after)
+        session.sent_upto = max(session.sent_upto, head)
+        await _pump(session, live)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        live.close()
+
+
+async def _pump(session: AgentSession, live: Any) -> None:
+    socket = session.socket
+
+    async def outgoing() -> None:
+        while True:
+            item = await live.get()
+            if item is None:
+                await socket.close(code=4008, reason="lagged; reconnect and resume")
+                return
+            channel, message = item
+            if channel == TYPING_CHANNEL:
+                if message.get("from") == "customer" and await session.may_see(
+                    message.get("conversation_id")
+                ):
+                    await session.send({"type": "typing", "data": message})
+            else:
+                await session.send_event(message)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await session.heartbeat()
+
+    tasks = [asyncio.create_task(outgoing()), asyncio.create_task(beat())]
+    try:
+        while not tasks[0].done():
+            raw = await socket.receive_data("text")
+            if len(raw) > MAX_FRAME:
+                await session.send({"type": "error", "data": {"code": "too_large"}})
+                continue
+            if not session.bucket.take():
+                await session.send({"type": "error", "data": {"code": "rate_limited"}})
+                continue
+            kind = None
+            try:
+                frame = json.loads(raw)
+                if not isinstance(frame, dict):
+                    raise FrameError("bad_frame", "a frame is a JSON object")
+                kind = frame.get("type")
+                await session.handle(frame)
+            except FrameError as exc:
+                await session.send(
+                    {"type": "error", "data": {"code": exc.code, "message": str(exc), "for": kind}}
+                )
+            except (ValueError, TypeError) as exc:
+                await session.send(
+                    {"type": "error", "data": {"code": "bad_frame", "message": str(exc)}}
+                )
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+route_handlers = [agent_socket]

@@ -1,0 +1,240 @@
+"""``/ws/agent`` over a real websocket: sign-in and Origin, presence, offers accepted and
+declined, replies with client ids, resume with nothing lost or repeated, authorization of
+every frame, bad frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from contact_center.models import Conversation, CustomerIdentity, Message
+from contact_center.runtime import Runtime
+from routing.models import AgentStatus
+from tests.helpers import Org, ingest, make_inbox, make_org, relay, sms
+from tests.live import LiveApp, live_app
+from tests.routing_helpers import arrive, assignee, engine, make_queue
+
+
+@pytest.fixture
+async def org(rt: Runtime) -> Org:
+    org = await make_org(rt)
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True, offer_timeout_seconds=30)
+    return org
+
+
+@pytest.fixture
+async def live(rt: Runtime, org: Org) -> AsyncIterator[LiveApp]:
+    async with live_app(rt) as app:
+        yield app
+
+
+def ws_url(live: LiveApp, token: str, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"token": token, **params}.items())
+    return live.url.replace("http://", "ws://") + f"/ws/agent?{query}"
+
+
+async def recv(ws: ClientConnection, kind: str, timeout: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == kind:
+                return frame  # type: ignore[no-any-return]
+
+
+async def drain(ws: ClientConnection, quiet: float = 1.0) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        try:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
+        except TimeoutError:
+            return frames
+
+
+async def send(ws: ClientConnection, kind: str, **data: Any) -> None:
+    await ws.send(json.dumps({"type": kind, "data": data}))
+
+
+async def settle(rt: Runtime) -> None:
+    """What the scheduler would do next: publish events, route, publish the offers."""
+    await relay(rt)
+    await engine(rt).run_pass()
+    await relay(rt)
+
+
+async def test_sign_in_and_origin_are_required(rt: Runtime, org: Org, live: LiveApp) -> None:
+    base = live.url.replace("http://", "ws://") + "/ws/agent"
+    for url, headers, code in (
+        (base, {}, 4401),
+        (base + "?token=nope", {}, 4401),
+        (ws_url(live, org.agent.token), {"Origin": "https://evil.example"}, 4403),
+    ):
+        async with connect(url, additional_headers=headers) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    async with connect(
+        ws_url(live, org.agent.token), additional_headers={"Origin": "http://testserver.local"}
+    ) as ws:
+        hello = await recv(ws, "hello")
+    assert hello["data"]["agent"]["id"] == org.agent.id
+
+
+async def test_offer_accept_and_reply_over_the_socket(rt: Runtime, org: Org, live: LiveApp) -> None:
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        await send(ws, "presence.set", state="available")
+        ack = await recv(ws, "ack")
+        assert ack["data"]["for"] == "presence.set" and ack["data"]["state"] == "available"
+        conv = await arrive(rt, "I was charged twice")
+        await settle(rt)
+        offer = await recv(ws, "offer")
+        data = offer["data"]
+        assert data["conversation_id"] == conv
+        assert data["channel"] == "sms"
+        assert data["preview"] == "I was charged twice"
+        assert data["customer"]["id"] and data["expires_at"]
+        await send(ws, "offer.accept", offer_id=data["offer_id"])
+        accepted = await recv(ws, "ack")
+        assert accepted["data"] == {
+            "for": "offer.accept",
+            "offer_id": data["offer_id"],
+            "status": "accepted",
+        }
+        await relay(rt)
+        assigned = await recv(ws, "conversation.assigned")
+        assert assigned["data"]["assignee_id"] == org.agent.id
+        for _ in range(2):  # a resend (same client id) is the same message
+            await send(ws, "message.send", conversation_id=conv, client_id="r1", text="On it!")
+        first, second = await recv(ws, "ack"), await recv(ws, "ack")
+    assert first["data"]["duplicate"] is False and second["data"]["duplicate"] is True
+    assert first["data"]["message_id"] == second["data"]["message_id"]
+    assert await assignee(rt, conv) == org.agent.id
+    async with rt.db.read() as session:
+        replies = await session.scalar(
+            select(func.count()).select_from(Message).where(Message.direction == "out")
+        )
+    assert replies == 1
+
+
+async def test_decline_goes_to_the_next_agent(rt: Runtime, org: Org, live: LiveApp) -> None:
+    async with (
+        connect(ws_url(live, org.agent.token)) as first,
+        connect(ws_url(live, org.other_agent.token)) as second,
+    ):
+        for ws in (first, second):
+            await recv(ws, "hello")
+            await send(ws, "presence.set", state="available")
+            await recv(ws, "ack")
+        conv = await arrive(rt)
+        await settle(rt)
+        async with rt.db.read() as session:
+            from routing.models import Offer
+
+            offer = await session.scalar(select(Offer).where(Offer.conversation_id == conv))
+        assert offer is not None
+        holder, other = (first, second) if offer.agent_id == org.agent.id else (second, first)
+        await recv(holder, "offer")
+        await send(holder, "offer.decline", offer_id=offer.id)
+        assert (await recv(holder, "ack"))["data"]["status"] == "declined"
+        await settle(rt)
+        again = await recv(other, "offer")
+    assert again["data"]["conversation_id"] == conv
+    assert again["data"]["agent_id"] != offer.agent_id
+
+
+async def test_reconnect_resumes_with_nothing_lost_or_repeated(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        await send(ws, "presence.set", state="available")
+        await recv(ws, "ack")
+        conv = await arrive(rt, "first")
+        await settle(rt)
+        offer = await recv(ws, "offer")
+        await send(ws, "offer.accept", offer_id=offer["data"]["offer_id"])
+        await recv(ws, "ack")
+        await relay(rt)
+        last = (await recv(ws, "conversation.assigned"))["id"]
+    # Offline for a moment: the customer writes twice while the socket is gone.
+    async with rt.db.read() as session:
+        conversation = await session.get(Conversation, conv)
+        assert conversation is not None
+        phone = await session.scalar(
+            select(CustomerIdentity.address).where(
+                CustomerIdentity.customer_id == conversation.customer_id
+            )
+        )
+    assert phone is not None
+    await ingest(rt, sms("are you there?", sid="SMgone1", phone=phone))
+    await ingest(rt, sms("hello??", sid="SMgone2", phone=phone))
+    await relay(rt)
+    async with connect(ws_url(live, org.agent.token, last_event_id=last)) as ws:
+        await recv(ws, "hello")
+        frames = await drain(ws)
+    ids = [f["id"] for f in frames if "id" in f]
+    assert ids == sorted(set(ids)) and all(i > last for i in ids)
+    texts = [f["data"]["text"] for f in frames if f["type"] == "message.created"]
+    assert texts[-2:] == ["are you there?", "hello??"]
+    assert texts.count("are you there?") == 1
+
+
+async def test_every_frame_is_authorized(rt: Runtime, org: Org, live: LiveApp) -> None:
+    # A conversation of the Technical team's inbox: the billing agent may not see it.
+    await make_inbox(rt, "tech-sms", address="+15005550099", team_id=org.technical_team_id)
+    hidden = await arrive(rt, "secret tech issue", inbox_id="tech-sms")
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        await send(ws, "message.send", conversation_id=hidden, client_id="x", text="peek")
+        error = await recv(ws, "error")
+        assert error["data"]["code"] == "forbidden"
+        await send(ws, "typing", conversation_id=hidden)
+        assert (await recv(ws, "error"))["data"]["code"] == "forbidden"
+        # The other agent's offer cannot be answered by this agent.
+        async with rt.db.write() as session:
+            from routing.engine import set_presence
+            from routing.models import Presence
+
+            await set_presence(session, org.other_agent.id, Presence.available, clock=rt.clock)
+        await engine(rt).run_pass()
+        async with rt.db.read() as session:
+            from routing.models import Offer
+
+            offer = await session.scalar(select(Offer).where(Offer.conversation_id == hidden))
+        assert offer is not None and offer.agent_id == org.other_agent.id
+        await send(ws, "offer.accept", offer_id=offer.id)
+        assert (await recv(ws, "error"))["data"]["code"] == "offer_unavailable"
+        await relay(rt)
+        frames = await drain(ws)
+    assert all("secret tech issue" not in json.dumps(f) for f in frames)
+    assert await assignee(rt, hidden) is None
+
+
+async def test_bad_frames_get_errors_and_the_socket_lives_on(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        for raw, code in (
+            ("not json", "bad_frame"),
+            ("[1, 2]", "bad_frame"),
+            (json.dumps({"type": "launch.missiles"}), "unknown_type"),
+            (json.dumps({"type": "offer.accept", "data": {"offer_id": "1; drop"}}), "bad_frame"),
+            (json.dumps({"type": "presence.set", "data": {"state": "asleep"}}), "bad_frame"),
+            ("x" * (70 * 1024), "too_large"),
+        ):
+            await ws.send(raw)
+            assert (await recv(ws, "error"))["data"]["code"] == code
+        await send(ws, "ping")
+        await recv(ws, "pong")
+    async with rt.db.read() as session:
+        status = await session.get(AgentStatus, org.agent.id)
+    assert status is not None and status.last_seen_at is not None

@@ -1,0 +1,110 @@
+"""Routing engines racing over one database never double-offer, double-assign or overfill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from contact_center.models import Conversation
+from contact_center.runtime import Runtime
+from contact_center.wiring import build_runtime
+from routing.engine import RoutingEngine
+from routing.models import Offer, OfferStatus
+from tests.helpers import make_inbox
+from tests.routing_helpers import arrive, check_invariants, make_agent, make_queue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _setup(rt: Runtime, agents: int, conversations: int, auto: bool) -> None:
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True, auto_accept=["chat"] if auto else [])
+    for i in range(agents):
+        await make_agent(rt, f"Agent{i:03d}", capacity={"chat": 2})
+    for _ in range(conversations):
+        await arrive(rt)
+
+
+async def test_two_engines_in_one_process_race_safely(rt: Runtime) -> None:
+    await _setup(rt, agents=6, conversations=30, auto=False)
+    other = await build_runtime(rt.settings, clock=rt.clock)
+    try:
+        a, b = RoutingEngine(rt), RoutingEngine(other)
+        await asyncio.gather(a.reconcile(), b.reconcile())  # both try to create every task
+        # Both plan from the same snapshot, so their plans collide; the database decides.
+        plan_a, plan_b = await asyncio.gather(a.plan(), b.plan())
+        assert plan_a and plan_b
+        await asyncio.gather(
+            *(a.offer(p.task_id, p.agent_id) for p in plan_a),
+            *(b.offer(p.task_id, p.agent_id) for p in plan_b),
+        )
+    finally:
+        await other.close()
+    await check_invariants(rt)
+    async with rt.db.read() as session:
+        pending = await session.scalar(
+            select(func.count()).select_from(Offer).where(Offer.status == OfferStatus.pending)
+        )
+    assert pending == 12  # six agents, two chats each, every one of them filled once
+
+
+async def test_two_routing_processes_never_double_assign(rt: Runtime) -> None:
+    await _setup(rt, agents=20, conversations=80, auto=True)
+    start_at = time.time() + 3
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.routing_proc",
+            str(start_at),
+            "3",
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await asyncio.wait_for(p.communicate(), 180) for p in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    made = [int(out.decode().strip()) for out, _ in outputs]
+    await check_invariants(rt)
+    async with rt.db.read() as session:
+        assigned = await session.scalar(
+            select(func.count())
+            .select_from(Conversation)
+            .where(Conversation.assignee_id.is_not(None))
+        )
+    assert assigned == 40  # 20 agents x 2 chats: full, and not one more
+    assert sum(made) == 40  # every assignment made by exactly one of the two processes
+
+
+async def test_concurrent_offers_to_one_agent_stop_at_capacity(rt: Runtime) -> None:
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True)
+    agent = await make_agent(rt, "Busy", capacity={"chat": 2})
+    for _ in range(10):
+        await arrive(rt)
+    other = await build_runtime(rt.settings, clock=rt.clock)
+    try:
+        a, b = RoutingEngine(rt), RoutingEngine(other)
+        await a.reconcile()
+        async with rt.db.read() as session:
+            from routing.models import RoutingTask
+
+            tasks = (await session.scalars(select(RoutingTask.id))).all()
+        assert len(tasks) == 10
+        # Ten different tasks offered to the same agent at once, from two connection pools.
+        results = await asyncio.gather(
+            *((a if i % 2 else b).offer(task_id, agent) for i, task_id in enumerate(tasks))
+        )
+    finally:
+        await other.close()
+    assert sum(r is not None for r in results) == 2
+    await check_invariants(rt)
