@@ -39,7 +39,7 @@ from contact_center.customers import find_by_identity
 from contact_center.identities import IdentityRef, InvalidIdentity
 from contact_center.ingest import InboundMessage, IngestResult
 from contact_center.metrics import DUPLICATES, INGESTED
-from contact_center.models import Customer, CustomerIdentity, IdentityKind, Message
+from contact_center.models import Customer, CustomerIdentity, IdentityKind, Inbox, Message
 from contact_center.runtime import Runtime
 
 MAX_NAME = 200
@@ -93,7 +93,20 @@ async def offline_message(
     origin = request.headers.get("origin")
     if origin is not None and not origin_allowed(row, origin):
         raise PermissionDeniedException("origin not allowed for this inbox")
-    fields = await _fields(request)
+    cors = _cors(list(row.settings.get("allowed_origins") or []), origin)
+    try:
+        answer = await _accept(rt, row, await _fields(request))
+    except ClientException as exc:
+        # An error the widget on the customer's site must be able to read: with CORS headers.
+        return Response(
+            {"status_code": exc.status_code, "detail": exc.detail, "extra": exc.extra},
+            status_code=exc.status_code,
+            headers=cors,
+        )
+    return Response(answer, status_code=201, headers=cors)
+
+
+async def _accept(rt: Runtime, row: Inbox, fields: dict[str, Any]) -> dict[str, Any]:
     client_id = _text(fields, "client_id", 64)
     name = _text(fields, "name", MAX_NAME)
     email = _text(fields, "email", MAX_EMAIL)
@@ -126,16 +139,12 @@ async def offline_message(
         await rt.committed()
     if visitor_ref is not None:
         await _visitor_to_customer(rt, visitor_ref, result)
-    return Response(
-        {
-            "message_id": result.message_id,
-            "conversation_id": result.conversation_id,
-            "duplicate": result.duplicate,
-            "next_open": availability(row, rt.clock.now())["next_open"],
-        },
-        status_code=201,
-        headers=_cors(list(row.settings.get("allowed_origins") or []), origin),
-    )
+    return {
+        "message_id": result.message_id,
+        "conversation_id": result.conversation_id,
+        "duplicate": result.duplicate,
+        "next_open": availability(row, rt.clock.now())["next_open"],
+    }
 
 
 async def _add_identity(rt: Runtime, customer_id: int, ref: IdentityRef) -> None:

@@ -174,6 +174,8 @@ async def test_bad_fields_are_400_naming_the_field(
     assert response.status_code == 400, response.text
     assert response.json()["extra"]["field"] == field
     assert response.json()["detail"].startswith(field + ":")
+    # The widget runs on the customer's site: it can read the error only with CORS headers.
+    assert response.headers["access-control-allow-origin"] == "*"
     assert await count(rt, Message) == 0
 
 

@@ -43,11 +43,13 @@
     ".ccw-offline{display:none;flex:1;flex-direction:column;gap:8px;padding:12px;overflow-y:auto}",
     ".ccw-away .ccw-offline{display:flex}.ccw-away .ccw-log,.ccw-away .ccw-typing,.ccw-away .ccw-form{display:none}",
     ".ccw-offline input,.ccw-offline textarea{font:inherit;padding:8px;border:1px solid #ccd;border-radius:6px}",
+    ".ccw-away-done{padding:12px}.ccw:not(.ccw-away) .ccw-away-done{display:none}",
     ".ccw-offline button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}"
   ].join(""));
   document.head.appendChild(css);
 
-  var root = el("div", { "class": "ccw", "data-testid": "cc-widget" });
+  // data-state: connecting, open (live chat), away (offline form), reconnecting.
+  var root = el("div", { "class": "ccw", "data-testid": "cc-widget", "data-state": "connecting" });
   var button = el("button", { "class": "ccw-button", type: "button" }, title);
   var panel = el("div", { "class": "ccw-panel", role: "dialog", "aria-label": title });
   var head = el("div", { "class": "ccw-head" });
@@ -113,6 +115,7 @@
         if (!state.last) { state.last = data.last_event_id; }
         save();
         setOpen(data.open !== false, data);
+        root.setAttribute("data-state", data.open === false ? "away" : "open");
       } else if (frame.type === "history") {
         (data.messages || []).forEach(render);
       } else if (frame.type === "message.created") {
@@ -131,6 +134,7 @@
       if (frame.id && frame.id > (state.last || 0)) { state.last = frame.id; save(); }
     };
     socket.onclose = function () {
+      root.setAttribute("data-state", "reconnecting");
       status.textContent = "Reconnecting…";
       retry = Math.min(retry + 1, 6);
       setTimeout(connect, 250 * Math.pow(2, retry));
