@@ -30,7 +30,7 @@ def senders() -> dict[str, ChannelSender]:
 
 def route_handlers() -> list[Any]:
     """The provider-facing HTTP routes (webhooks)."""
-    from channels import email, meta, slack, telegram, twilio, webchat
+    from channels import email, meta, slack, telegram, twilio, webchat, webchat_offline
 
     return [
         *twilio.route_handlers,
@@ -39,4 +39,5 @@ def route_handlers() -> list[Any]:
         *slack.route_handlers,
         *meta.route_handlers,
         *webchat.route_handlers,
+        *webchat_offline.route_handlers,
     ]

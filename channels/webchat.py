@@ -8,6 +8,9 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 ``message.send``), ``typing`` (an agent types), ``error``. Client -> server: ``message.send``
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
 ``identify`` ``{name, email}`` (pre-chat form), ``resume`` ``{last_event_id}``, ``ping``.
+``hello`` also says whether the inbox is open now (its ``settings.business_hours`` calendar);
+when it is closed the widget shows a message form instead, posted to ``/webchat/offline``
+(``channels/webchat_offline.py``).
 
 A visitor is identified by a random id carried in an HMAC-signed token (a key derived from
 ``CC_SECRET_KEY``), kept by the widget in localStorage: the same visitor across page loads and
@@ -27,6 +30,7 @@ import json
 import logging
 import secrets
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Request, WebSocket, post, websocket
@@ -38,6 +42,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from channels.webhooks import runtime_of
+from contact_center.calendars import Calendar, CalendarError
 from contact_center.customers import find_by_identity
 from contact_center.identities import IdentityRef, InvalidIdentity
 from contact_center.ingest import InboundAttachment, InboundMessage
@@ -64,6 +69,30 @@ RATE = 5.0  # frames per second, sustained
 BURST = 20
 HISTORY = 100
 PUBLIC_EVENT_TYPES = frozenset({"message.created", "message.status"})
+OFFLINE_MESSAGE = "We're away right now. Leave a message and we'll get back to you by email."
+
+
+def availability(inbox: Inbox, now: datetime) -> dict[str, Any]:
+    """Whether the inbox takes live chats now, by its ``settings.business_hours`` calendar
+    (none: always), and when it opens next (``None`` while open, or if never within a search
+    horizon). A stored calendar that no longer parses counts as open: visitors can always
+    write, and the problem is logged for the admin."""
+    offline_message = str(inbox.settings.get("offline_message") or OFFLINE_MESSAGE)
+    raw = inbox.settings.get("business_hours")
+    is_open, next_open = True, None
+    if raw:
+        try:
+            calendar = Calendar.from_dict(raw)
+        except CalendarError as exc:
+            log.warning("inbox %s: business_hours ignored: %s", inbox.id, exc)
+        else:
+            is_open = calendar.is_open(now)
+            next_open = None if is_open else calendar.next_open(now)
+    return {
+        "open": is_open,
+        "next_open": next_open.isoformat() if next_open else None,
+        "offline_message": offline_message,
+    }
 
 
 def visitor_token(secret: str, inbox_id: str, visitor_id: str) -> str:
@@ -319,7 +348,7 @@ class ChatSession:
         )
 
 
-async def _inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
+async def find_inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
     if not inbox_id:
         return None
     async with rt.db.read() as session:
@@ -329,7 +358,7 @@ async def _inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
     return inbox
 
 
-def _origin_allowed(inbox: Inbox, origin: str | None) -> bool:
+def origin_allowed(inbox: Inbox, origin: str | None) -> bool:
     allowed = inbox.settings.get("allowed_origins") or []
     return not allowed or origin in allowed
 
@@ -338,8 +367,8 @@ def _origin_allowed(inbox: Inbox, origin: str | None) -> bool:
 async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
     rt = runtime_of(socket)  # type: ignore[arg-type]
     params = socket.query_params
-    inbox = await _inbox(rt, params.get("inbox"))
-    if inbox is None or not _origin_allowed(inbox, socket.headers.get("origin")):
+    inbox = await find_inbox(rt, params.get("inbox"))
+    if inbox is None or not origin_allowed(inbox, socket.headers.get("origin")):
         await socket.close(code=4403, reason="unknown inbox or origin not allowed")
         return
     await socket.accept()
@@ -359,6 +388,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
                     "last_event_id": head,
                     "inbox": {"id": inbox.id, "name": inbox.name},
                     "greeting": inbox.settings.get("greeting", ""),
+                    **availability(inbox, rt.clock.now()),
                 },
             }
         )
@@ -431,7 +461,7 @@ async def chat_upload(
 ) -> dict[str, Any]:
     """A file from the widget (multipart ``file``, optional ``text`` and ``client_id``)."""
     rt = runtime_of(request)
-    row = await _inbox(rt, inbox)
+    row = await find_inbox(rt, inbox)
     if row is None:
         raise ClientException("unknown web chat inbox", status_code=404)
     visitor_id = visitor_from(rt.settings.derive_key("visitor-token"), row.id, visitor)

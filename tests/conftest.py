@@ -15,7 +15,7 @@ import asyncio
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from contact_center.metadata import target_metadata
 from contact_center.runtime import Runtime
 from contact_center.settings import Settings, get_settings, load_settings
 from contact_center.wiring import build_runtime
+from tests import browser as browser_support
 
 PG_ADMIN_URL = os.environ.get("CC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DB = os.environ.get("CC_TEST_PG_DB", "cc_test")
@@ -181,3 +182,41 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("backend") == "postgres":
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Generator[None, Any, Any]:
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed  # read by the browser fixture's screenshots
+    return report
+
+
+@pytest.fixture
+async def new_page(request: pytest.FixtureRequest) -> AsyncIterator[browser_support.NewPage]:
+    """``await new_page(**context_options)``: a page in a fresh browser context (its own
+    storage, time zone, locale) of a headless chromium; screenshots land in tests/artifacts."""
+    browser_support.require_chromium()
+    pages: list[Any] = []
+    async with browser_support.launch() as browser:
+
+        async def make(**options: Any) -> Any:
+            context = await browser.new_context(**options)
+            page = await context.new_page()
+            pages.append(page)
+            return page
+
+        try:
+            yield make
+        finally:
+            failed = getattr(request.node, "call_failed", True)
+            browser_support.ARTIFACTS.mkdir(exist_ok=True)
+            for i, page in enumerate(pages):
+                path = browser_support.artifact_name(request.node.nodeid, i, failed)
+                browser_support.artifact_name(request.node.nodeid, i, not failed).unlink(
+                    missing_ok=True
+                )
+                try:
+                    await page.screenshot(path=str(path), full_page=True)
+                except Exception as exc:  # a closed page: nothing to show
+                    print(f"no screenshot of page {i}: {exc}")

@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import uvicorn
@@ -31,9 +32,13 @@ class LiveApp:
 
 
 @asynccontextmanager
-async def live_app(rt: Runtime, *, run_scheduler: bool = False) -> AsyncIterator[LiveApp]:
+async def live_app(
+    rt: Runtime, *, run_scheduler: bool = False, extra_route_handlers: list[Any] | None = None
+) -> AsyncIterator[LiveApp]:
     """Serve ``create_app(runtime=rt)`` on a free loopback port until the block ends."""
-    app = create_app(runtime=rt, run_scheduler=run_scheduler)
+    app = create_app(
+        runtime=rt, run_scheduler=run_scheduler, extra_route_handlers=extra_route_handlers
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

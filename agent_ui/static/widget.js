@@ -1,7 +1,9 @@
 /* Contact center chat widget: <script src="https://HOST/widget.js" data-inbox="webchat" async></script>
  * Speaks /ws/chat (see channels/webchat.py). Keeps the visitor token and the last event id in
  * localStorage, so a reload or a dropped connection resumes with nothing lost or repeated:
- * messages are keyed by id and updated in place. No dependencies, no build step. */
+ * messages are keyed by id and updated in place. When the inbox is closed (hello says so), a
+ * message form replaces the live chat and posts to /webchat/offline. Text is only ever set with
+ * textContent. No dependencies, no build step. */
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -36,11 +38,18 @@
     ".ccw-meta{font-size:11px;opacity:.7;margin-top:2px}.ccw-typing{font-size:12px;color:#667;padding:0 12px;height:16px}",
     ".ccw-form{display:flex;border-top:1px solid #e3e5ea}.ccw-form textarea{flex:1;border:0;padding:10px;resize:none;font:inherit}",
     ".ccw-form button,.ccw-form label{border:0;background:none;padding:0 12px;cursor:pointer;color:#2354d6;font-weight:600}",
-    ".ccw-status{font-size:12px;padding:4px 12px;color:#a33}"
+    ".ccw-status{font-size:12px;padding:4px 12px;color:#a33}",
+    ".ccw-panel [hidden]{display:none!important}",
+    ".ccw-offline{display:none;flex:1;flex-direction:column;gap:8px;padding:12px;overflow-y:auto}",
+    ".ccw-away .ccw-offline{display:flex}.ccw-away .ccw-log,.ccw-away .ccw-typing,.ccw-away .ccw-form{display:none}",
+    ".ccw-offline input,.ccw-offline textarea{font:inherit;padding:8px;border:1px solid #ccd;border-radius:6px}",
+    ".ccw-away-done{padding:12px}.ccw:not(.ccw-away) .ccw-away-done{display:none}",
+    ".ccw-offline button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}"
   ].join(""));
   document.head.appendChild(css);
 
-  var root = el("div", { "class": "ccw", "data-testid": "cc-widget" });
+  // data-state: connecting, open (live chat), away (offline form), reconnecting.
+  var root = el("div", { "class": "ccw", "data-testid": "cc-widget", "data-state": "connecting" });
   var button = el("button", { "class": "ccw-button", type: "button" }, title);
   var panel = el("div", { "class": "ccw-panel", role: "dialog", "aria-label": title });
   var head = el("div", { "class": "ccw-head" });
@@ -57,7 +66,18 @@
   attach.appendChild(file);
   var send = el("button", { type: "submit" }, "Send");
   form.appendChild(attach); form.appendChild(input); form.appendChild(send);
-  [head, log, typing, status, form].forEach(function (n) { panel.appendChild(n); });
+  // The offline form, shown instead of the chat while the inbox is closed.
+  var away = el("form", { "class": "ccw-offline", "data-testid": "cc-offline" });
+  var awayNote = el("p", { "class": "ccw-away-note" });
+  var awayName = el("input", { name: "name", autocomplete: "name", placeholder: "Your name", "aria-label": "Name", required: "required", maxlength: "200" });
+  var awayEmail = el("input", { name: "email", type: "email", autocomplete: "email", placeholder: "Your email", "aria-label": "Email", required: "required", maxlength: "254" });
+  var awayText = el("textarea", { name: "message", rows: "4", placeholder: "How can we help?", "aria-label": "Your message", required: "required", maxlength: "4000" });
+  var awaySend = el("button", { type: "submit" }, "Send message");
+  var awayDone = el("div", { "class": "ccw-away-done", "data-testid": "cc-offline-done", hidden: "hidden" });
+  [awayNote, awayName, awayEmail, awayText, awaySend].forEach(function (n) { away.appendChild(n); });
+  var awayId = null;   // one client id per message, so a double submit is one message
+  var nextOpen = null;
+  [head, log, typing, away, awayDone, status, form].forEach(function (n) { panel.appendChild(n); });
   root.appendChild(button); root.appendChild(panel);
   document.body.appendChild(root);
 
@@ -94,6 +114,8 @@
         state.token = data.visitor_token;
         if (!state.last) { state.last = data.last_event_id; }
         save();
+        setOpen(data.open !== false, data);
+        root.setAttribute("data-state", data.open === false ? "away" : "open");
       } else if (frame.type === "history") {
         (data.messages || []).forEach(render);
       } else if (frame.type === "message.created") {
@@ -112,11 +134,70 @@
       if (frame.id && frame.id > (state.last || 0)) { state.last = frame.id; save(); }
     };
     socket.onclose = function () {
+      root.setAttribute("data-state", "reconnecting");
       status.textContent = "Reconnecting…";
       retry = Math.min(retry + 1, 6);
       setTimeout(connect, 250 * Math.pow(2, retry));
     };
   }
+
+  function whenText(iso) {
+    // The visitor's own time zone and language (the browser's).
+    return new Date(iso).toLocaleString(undefined, {
+      weekday: "long", month: "long", day: "numeric", hour: "numeric", minute: "2-digit"
+    });
+  }
+
+  function setOpen(isOpen, info) {
+    nextOpen = info.next_open || null;
+    awayNote.textContent = info.offline_message || "";
+    root.classList.toggle("ccw-away", !isOpen);
+  }
+
+  function confirmSent(name) {
+    away.hidden = true;
+    awayDone.hidden = false;
+    awayDone.textContent = "";
+    awayDone.appendChild(el("p", {}, "Thanks, " + name + "! We got your message and will reply by email."));
+    var back = el("p", {});
+    if (nextOpen) {
+      back.appendChild(document.createTextNode("We're back "));
+      back.appendChild(el("time", { datetime: nextOpen }, whenText(nextOpen)));
+      back.appendChild(document.createTextNode("."));
+    } else {
+      back.textContent = "We'll get back to you as soon as we can.";
+    }
+    awayDone.appendChild(back);
+  }
+
+  away.addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (awaySend.disabled) { return; }
+    awayId = awayId || clientId();
+    var body = new URLSearchParams();
+    body.set("client_id", awayId);
+    body.set("name", awayName.value.trim());
+    body.set("email", awayEmail.value.trim());
+    body.set("message", awayText.value.trim());
+    if (state.token) { body.set("visitor", state.token); }
+    var url = new URL("/webchat/offline", base);
+    url.searchParams.set("inbox", inbox);
+    awaySend.disabled = true;
+    status.textContent = "";
+    fetch(url.toString(), { method: "POST", body: body }).then(function (r) {
+      return r.json().then(function (answer) { return { ok: r.ok, answer: answer }; });
+    }).then(function (result) {
+      if (result.ok) {
+        if (result.answer.next_open) { nextOpen = result.answer.next_open; }
+        confirmSent(awayName.value.trim());
+        awayId = null;
+      } else {
+        status.textContent = result.answer.detail || "Could not send your message.";
+      }
+    }).catch(function () {
+      status.textContent = "Could not send your message. Please try again.";
+    }).then(function () { awaySend.disabled = false; });
+  });
 
   function clientId() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
 

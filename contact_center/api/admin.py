@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contact_center.api.common import current_agent, runtime_of
 from contact_center.auth import hash_password, require
+from contact_center.calendars import Calendar, CalendarError
 from contact_center.models import Agent, ChannelKind, Inbox, Role, Team, TeamMember
 from contact_center.views import agent_view, inbox_view, team_view
 
@@ -49,6 +50,18 @@ def _check_url(url: str | None) -> None:
         raise ClientException("api_base_url must be an http(s) URL")
 
 
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Settings the product reads: a web chat's business hours and offline message."""
+    if settings.get("business_hours") is not None:
+        try:
+            Calendar.from_dict(settings["business_hours"])
+        except CalendarError as exc:
+            raise ClientException(f"settings.business_hours.{exc}") from None
+    offline = settings.get("offline_message")
+    if offline is not None and (not isinstance(offline, str) or len(offline) > 1000):
+        raise ClientException("settings.offline_message: text of at most 1000 characters")
+
+
 async def _check_team(session: Any, team_id: int | None) -> None:
     if team_id is not None and await session.get(Team, team_id) is None:
         raise ClientException(f"no such team: {team_id}")
@@ -75,6 +88,7 @@ class InboxController(Controller):
         if not _INBOX_ID.match(inbox_id):
             raise ClientException("id: lowercase letters, digits and dashes, at most 64")
         _check_url(data.api_base_url)
+        _check_settings(data.settings)
         inbox = Inbox(
             id=inbox_id,
             name=data.name.strip()[:200],
@@ -119,6 +133,8 @@ class InboxController(Controller):
                     raise NotFoundException("inbox not found")
                 if data.team_id is not msgspec.UNSET:
                     await _check_team(session, data.team_id)
+                if data.settings is not msgspec.UNSET:
+                    _check_settings(data.settings)
                 for field in ("name", "address", "settings", "team_id", "is_active"):
                     value = getattr(data, field)
                     if value is not msgspec.UNSET:
