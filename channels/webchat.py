@@ -29,7 +29,6 @@ import hmac
 import json
 import logging
 import secrets
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -59,6 +58,7 @@ from contact_center.models import (
 from contact_center.outbound import OutboundMessage, SendResult
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
+from contact_center.wsutil import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,6 @@ def public_message(data: dict[str, Any]) -> dict[str, Any]:
     } | {"author_name": data.get("author_name")}
 
 
-class Bucket:
-    def __init__(self) -> None:
-        self.tokens = float(BURST)
-        self.at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class ChatSession:
     def __init__(
         self, rt: Runtime, socket: WebSocket[Any, Any, Any], inbox: Inbox, visitor_id: str
@@ -154,7 +139,7 @@ class ChatSession:
         self.customer_id: int | None = None
         self.conversations: set[int] = set()
         self.sent_upto = 0
-        self.bucket = Bucket()
+        self.bucket = Bucket(RATE, BURST)
 
     async def refresh(self) -> None:
         async with self.rt.db.read() as session:

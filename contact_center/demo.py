@@ -17,6 +17,7 @@ from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
 from contact_center.models import Agent, Inbox, Role, Team, TeamMember
 from contact_center.runtime import Runtime
+from routing.models import Queue, RoutingRule
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,32 @@ TWILIO_TOKEN = "demo-twilio-token"  # noqa: S105 - documented demo credential
 SMS_NUMBER = "+15005550006"
 SANDBOX_SMTP_PORT = 2526
 
+SKILLS = {
+    "ayse@example.com": {"billing": 4},
+    "john@example.com": {"technical": 4},
+    "elif@example.com": {"technical": 3, "billing": 3},
+}
+
+# Queues (name, skills, team, keywords of the rule that sends conversations there); the last
+# one is the default for everything else.
+QUEUES = [
+    (
+        "Billing",
+        {"billing": 1},
+        "Billing",
+        ["charged", "refund", "invoice", "bill", "fatura", "iade", "ücret", "ödeme"],
+    ),
+    (
+        "Technical",
+        {"technical": 1},
+        "Technical",
+        ["password", "login", "error", "crash", "şifre", "hata", "giriş"],
+    ),
+    ("General", {}, None, []),
+]
+
 PEOPLE = [
-    # email, name, role, password, languages, teams (skills arrive with routing)
+    # email, name, role, password, languages, teams
     ("admin@example.com", "Ada Admin", Role.admin, "demo-admin", ["en"], []),
     (
         "supervisor@example.com",
@@ -145,6 +170,8 @@ async def seed(rt: Runtime) -> bool:
                 languages=languages,
                 timezone="Europe/Istanbul",
                 locale=languages[0],
+                skills=SKILLS.get(email, {}),
+                capacity={"chat": 3, "email": 8, "voice": 1},
                 is_active=True,
                 created_at=now,
             )
@@ -153,6 +180,33 @@ async def seed(rt: Runtime) -> bool:
             session.add_all(TeamMember(team_id=teams[t].id, agent_id=agent.id) for t in team_names)
         for spec in inboxes(rt.settings.public_url):
             session.add(Inbox(**spec, settings={}, is_active=True, created_at=now))
+        for position, (name, skills, team, keywords) in enumerate(QUEUES, start=1):
+            queue = Queue(
+                name=name,
+                priority=0,
+                skills=skills,
+                team_id=teams[team].id if team else None,
+                strategy="longest_idle",
+                offer_timeout_seconds=30,
+                auto_accept=[],
+                overflow=[{"after_seconds": 120, "action": "drop_skills"}] if skills else [],
+                sticky_seconds=300,
+                requeue_on_disconnect=True,
+                is_default=not keywords,
+                created_at=now,
+            )
+            session.add(queue)
+            await session.flush()
+            if keywords:
+                session.add(
+                    RoutingRule(
+                        position=position,
+                        name=f"{name} keywords",
+                        queue_id=queue.id,
+                        conditions={"keywords": keywords},
+                        created_at=now,
+                    )
+                )
     for i, (phone, name, text) in enumerate(CUSTOMERS):
         await rt.ingestor.ingest(
             InboundMessage(

@@ -164,3 +164,48 @@ async def test_demo_widget_and_telegram_round_trip(demo: str) -> None:
         assert [(o["to"], o["body"]) for o in outbox if o["provider"] == "telegram"] == [
             ("99", "Merhaba Can!")
         ]
+
+
+async def test_demo_routes_waiting_conversations_to_an_agent_who_goes_available(
+    demo: str,
+) -> None:
+    """The demo's scheduler runs the routing engine: Ayşe signs in on /ws/agent, goes
+    available, is offered a waiting conversation, accepts, and it is hers."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    url = demo
+    async with httpx.AsyncClient(timeout=10) as client:
+        headers = await login(client, url, "ayse@example.com", "demo-agent")
+        token = headers["Authorization"].removeprefix("Bearer ")
+        queues = (await client.get(f"{url}/api/v1/queues", headers=headers)).json()
+        assert [q["name"] for q in queues] == ["Billing", "Technical", "General"]
+        ws_url = url.replace("http://", "ws://") + f"/ws/agent?token={token}"
+        async with connect(ws_url) as ws:
+
+            async def frame(kind: str) -> dict[str, Any]:
+                async with asyncio.timeout(15):
+                    while True:
+                        data = json.loads(await ws.recv())
+                        if data["type"] == kind:
+                            return data  # type: ignore[no-any-return]
+
+            await frame("hello")
+            await ws.send(json.dumps({"type": "presence.set", "data": {"state": "available"}}))
+            offer = (await frame("offer"))["data"]
+            await ws.send(
+                json.dumps({"type": "offer.accept", "data": {"offer_id": offer["offer_id"]}})
+            )
+            ack = await frame("ack")
+            while ack["data"]["for"] != "offer.accept":
+                ack = await frame("ack")
+            assert ack["data"]["status"] == "accepted"
+        conv = (
+            await client.get(
+                f"{url}/api/v1/conversations/{offer['conversation_id']}", headers=headers
+            )
+        ).json()
+        assert conv["assignee_id"] is not None
+        me = (await client.get(f"{url}/api/v1/auth/me", headers=headers)).json()
+        assert conv["assignee_id"] == me["id"]
