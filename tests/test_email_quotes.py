@@ -60,6 +60,10 @@ def test_corpus_covers_the_clients() -> None:
     # Turkish letters survive in the expected texts (they are read as UTF-8, not mangled).
     turkish = "".join(expected(name) for name in MAILS)
     assert set("ğüşıöçİĞÜŞÖÇ") <= set(turkish)
+    names = {
+        parse_email((CORPUS / f"{n}.eml").read_bytes(), "email").sender.display_name for n in MAILS
+    }
+    assert {"Ayşe Yıldırım", "Mehmet Şahin", "Zeynep Koç", "Emre Güneş", "Can Öztürk"} <= names
 
 
 @pytest.mark.parametrize("name", MAILS)
@@ -67,6 +71,8 @@ def test_corpus_new_text(name: str) -> None:
     raw = (CORPUS / f"{name}.eml").read_bytes()
     message = parse_email(raw, "email")
     assert normalized(message.text) == normalized(expected(name))
+    # Encoded-word headers (=?utf-8?B?...?=, =?iso-8859-9?Q?...?=) arrive decoded.
+    assert "=?" not in f"{message.subject} {message.sender.display_name}"
     full = parsed(name)
     text_part = full.get_body(("plain",))
     if text_part is None:
