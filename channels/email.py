@@ -27,10 +27,12 @@ from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.params import FromQuery
 from sqlalchemy import func, select
 
+from channels.email_quotes import split_reply, unflow
 from channels.webhooks import runtime_of
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_email
 from contact_center.ingest import (
     CONVERSATION_REF,
+    MAX_TEXT,
     InboundAttachment,
     InboundMessage,
     IngestResult,
@@ -109,7 +111,15 @@ def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
     text_part = msg.get_body(("plain",))
     html_part = msg.get_body(("html",))
     text = _content(text_part) if text_part is not None else ""
+    if text_part is not None and str(text_part.get_param("format", "")).lower() == "flowed":
+        text = unflow(text, delsp=str(text_part.get_param("delsp", "")).lower() == "yes")
     html = _content(html_part) if html_part is not None else None
+    # The stored text is what the customer wrote now; the history stays in the full HTML
+    # and in extra["quoted_text"] for the console to expand.
+    reply = split_reply(text, html)
+    extra: dict[str, Any] = {"automatic": is_automatic(msg)}
+    if reply.quoted is not None:
+        extra["quoted_text"] = reply.quoted[:MAX_TEXT]
     attachments = []
     for part in msg.walk():
         if part.is_multipart() or part in (text_part, html_part):
@@ -127,14 +137,14 @@ def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
         inbox_id=inbox_id,
         provider_message_id=message_id[:255],
         sender=sender,
-        text=text,
+        text=reply.text,
         html=html,
         subject=_header(msg, "Subject")[:500] or None,
         thread_refs=_refs(msg),
         thread_key=message_id[:500],
         continuous=False,
         attachments=tuple(attachments),
-        extra={"automatic": is_automatic(msg)},
+        extra=extra,
     )
 
 

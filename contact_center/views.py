@@ -47,6 +47,8 @@ def message_view(
         "private": msg.private,
         "text": msg.text,
         "html": msg.html,
+        # Email: the history under the new text, for the console to fold (channels/email_quotes).
+        "quoted_text": (msg.extra or {}).get("quoted_text"),
         "subject": msg.subject,
         "delivery_status": msg.delivery_status,
         "status_reason": msg.status_reason,
