@@ -50,6 +50,15 @@ class Subscription:
         channel, message = item
         return channel, message
 
+    def take_queued(self) -> list[tuple[str, dict[str, Any]]]:
+        """Everything queued now, without waiting."""
+        items = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not _CLOSED:
+                items.append(item)
+        return items
+
     def drain(self) -> int:
         """Drop everything queued; returns how many messages were dropped."""
         dropped = 0

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import lazyload
 
 from contact_center import events
 from contact_center.models import (
@@ -56,8 +60,13 @@ log = logging.getLogger(__name__)
 
 PRIORITY_STEP = 300.0  # seconds of waiting one priority level is worth
 PAGE = 500
+OFFER_BATCH = 200  # offers committed per transaction
+SNAPSHOT_SECONDS = 5.0  # the longest the engine plans on an unreloaded picture of the agents
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
+# Events after which a conversation may need a task (its own quick pass); any event at all
+# may free an agent or change presence, so every wake-up also plans.
+ROUTABLE = frozenset({"conversation.created", "conversation.updated", "conversation.assigned"})
 
 EVENT_TYPES = (
     "offer.created",
@@ -205,11 +214,16 @@ async def withdraw_offers(
 # --------------------------------------------------------------------------- loads
 
 
+def _zero_load() -> dict[str, int]:
+    return {"voice": 0, "chat": 0, "email": 0}
+
+
 async def agent_loads(
-    session: AsyncSession, agent_ids: list[int] | None = None
+    session: AsyncSession, agent_ids: list[int] | None = None, *, available_only: bool = False
 ) -> dict[int, dict[str, int]]:
-    """Per agent and channel class: open/pending conversations assigned + pending offers."""
-    loads: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ChannelClass, 0))
+    """Per agent and channel class: open/pending conversations assigned + pending offers
+    (of the agents given, of the available ones, or of all)."""
+    loads: dict[int, dict[str, int]] = defaultdict(_zero_load)
     assigned = (
         select(Conversation.assignee_id, Inbox.kind, func.count())
         .join(Inbox, Inbox.id == Conversation.inbox_id)
@@ -224,20 +238,33 @@ async def agent_loads(
     if agent_ids is not None:
         assigned = assigned.where(Conversation.assignee_id.in_(agent_ids))
         offered = offered.where(Offer.agent_id.in_(agent_ids))
+    if available_only:
+        available = AgentStatus.state == Presence.available.value
+        assigned = assigned.join(AgentStatus, AgentStatus.agent_id == Conversation.assignee_id)
+        assigned = assigned.where(available)
+        offered = offered.join(AgentStatus, AgentStatus.agent_id == Offer.agent_id)
+        offered = offered.where(available)
     for assignee_id, kind, n in (await session.execute(assigned)).all():
         if assignee_id is not None:
-            loads[assignee_id][channel_class(kind)] += n
+            loads[assignee_id][channel_class(kind).value] += n
     for agent_id, cls, n in (await session.execute(offered)).all():
-        loads[agent_id][ChannelClass(cls)] += n
+        loads[agent_id][cls] += n
     return loads
 
 
-def capacity_of(agent: Agent, cls: str) -> int:
+class HasCapacity(Protocol):
+    @property
+    def capacity(self) -> dict[str, Any]: ...
+    @property
+    def voice_blocks_chat(self) -> bool: ...
+
+
+def capacity_of(agent: HasCapacity, cls: str) -> int:
     value = (agent.capacity or {}).get(cls, DEFAULT_CAPACITY[cls])
     return max(0, int(value))
 
 
-def has_room(agent: Agent, load: dict[str, int], cls: str) -> bool:
+def has_room(agent: HasCapacity, load: dict[str, int], cls: str) -> bool:
     if load.get(cls, 0) >= capacity_of(agent, cls):
         return False
     # A call in progress blocks chats (and a chat blocks a new call) when so configured.
@@ -282,37 +309,63 @@ def rule_matches(
     return not (minimum and priority < Priority[minimum].value)
 
 
-async def choose_queue(session: AsyncSession, conversation: Conversation) -> Queue | None:
-    queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
+def pick_queue(
+    queues: dict[int, Queue],
+    rules: list[RoutingRule],
+    *,
+    inbox_id: str,
+    channel: str,
+    language: str | None,
+    tier: str | None,
+    text: str,
+    priority: int,
+) -> Queue | None:
+    """The first rule that matches names the queue; else the default queue (or the oldest)."""
     if not queues:
         return None
-    rules = (await session.scalars(select(RoutingRule).order_by(RoutingRule.position))).all()
-    inbox = await session.get(Inbox, conversation.inbox_id)
-    customer = await session.get(Customer, conversation.customer_id)
-    first_text = await session.scalar(
-        select(Message.text)
-        .where(Message.conversation_id == conversation.id, Message.direction == "in")
-        .order_by(Message.id)
-        .limit(1)
-    )
-    text = f"{conversation.subject or ''}\n{first_text or ''}"
     for rule in rules:
         if rule.queue_id in queues and rule_matches(
             rule.conditions or {},
-            inbox_id=conversation.inbox_id,
-            channel=inbox.kind if inbox else "",
-            language=conversation.language or (customer.locale if customer else None),
-            tier=customer.tier if customer else None,
+            inbox_id=inbox_id,
+            channel=channel,
+            language=language,
+            tier=tier,
             text=text,
-            priority=conversation.priority,
+            priority=priority,
         ):
             return queues[rule.queue_id]
     defaults = [q for q in queues.values() if q.is_default]
     return (defaults or sorted(queues.values(), key=lambda q: q.id))[0]
 
 
+async def routing_config(session: AsyncSession) -> tuple[dict[int, Queue], list[RoutingRule]]:
+    queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
+    rules = list(
+        (
+            await session.scalars(
+                select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)
+            )
+        ).all()
+    )
+    return queues, rules
+
+
 def task_rank(enqueued_at: datetime, queue_priority: int, priority: int) -> float:
     return enqueued_at.timestamp() - (queue_priority + priority) * PRIORITY_STEP
+
+
+def frees_or_changes_agents(env: dict[str, Any]) -> bool:
+    """Events after which the engine's picture of the agents must be reloaded (presence,
+    freed capacity, released offers); the engine's own offers and assignments are not."""
+    kind = env.get("type")
+    if kind in ("presence.updated", "offer.declined", "offer.expired", "offer.withdrawn"):
+        return True
+    data = env.get("data") or {}
+    if kind == "conversation.updated":
+        return "status" in (data.get("changes") or {})
+    if kind == "conversation.assigned":
+        return data.get("reason") not in ("accepted", "auto-accepted")
+    return False
 
 
 # --------------------------------------------------------------------------- the engine
@@ -325,16 +378,24 @@ def stamp(value: datetime | None) -> float:
     return value.timestamp() if value is not None else NEVER
 
 
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    id: int
+    capacity: dict[str, Any]
+    voice_blocks_chat: bool
+
+
 @dataclass
 class Candidate:
     """A snapshot of one available agent for planning (plain values: nothing to flush)."""
 
-    agent: Agent
+    agent: AgentProfile
     teams: set[int]
     load: dict[str, int]
     idle_since: float
     last_offer_at: float
     skills: dict[str, int] = field(default_factory=dict)
+    languages: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,26 +409,22 @@ class RoutingEngine:
         self.rt = rt
         self.clock = rt.clock
         self.settings = rt.settings
+        # The agents as the last plan left them (loads include what it planned). Quick
+        # passes reuse it; full passes and agent-side events reload it. Only a proposal:
+        # commit_offers re-checks everything in the database.
+        self._snapshot: dict[int, Candidate] | None = None
 
     # ----- tasks
 
     async def reconcile(self) -> int:
         """Give every open, unassigned conversation a live task; end tasks that are moot."""
         created = 0
+        while True:
+            made = await self.enqueue_many(None)
+            created += made
+            if made < PAGE:
+                break
         async with self.rt.db.read() as session:
-            missing = (
-                await session.scalars(
-                    select(Conversation.id)
-                    .outerjoin(RoutingTask, RoutingTask.active_conversation_id == Conversation.id)
-                    .where(
-                        Conversation.status == ConversationStatus.open.value,
-                        Conversation.assignee_id.is_(None),
-                        RoutingTask.id.is_(None),
-                    )
-                    .order_by(Conversation.id)
-                    .limit(PAGE)
-                )
-            ).all()
             moot = (
                 await session.scalars(
                     select(RoutingTask.id)
@@ -380,74 +437,152 @@ class RoutingEngine:
                     .limit(PAGE)
                 )
             ).all()
-        for conversation_id in missing:
-            created += await self.enqueue(conversation_id)
         for task_id in moot:
             await self.cancel_task(task_id, reason="conversation assigned or closed")
         return created
 
-    async def enqueue(self, conversation_id: int, *, queue_id: int | None = None) -> int:
-        """Create the conversation's live task (idempotent: at most one live task)."""
-        try:
-            async with self.rt.db.write() as session:
-                conversation = await session.get(Conversation, conversation_id)
-                if (
-                    conversation is None
-                    or conversation.status != ConversationStatus.open
-                    or conversation.assignee_id is not None
-                ):
+    async def enqueue(self, conversation_id: int) -> int:
+        """Create the conversation's live task if it needs one (idempotent)."""
+        return await self.enqueue_many([conversation_id])
+
+    async def enqueue_many(self, conversation_ids: list[int] | None) -> int:
+        """Live tasks for open, unassigned conversations without one: those given, or (None)
+        the first PAGE of any. One read and one insert; at most one live task per
+        conversation (a unique key), so racing engines cannot double them."""
+        now = self.clock.now()
+        async with self.rt.db.read() as session:
+            query = (
+                select(Conversation, Inbox.kind, Customer.tier, Customer.locale)
+                .join(Inbox, Inbox.id == Conversation.inbox_id)
+                .join(Customer, Customer.id == Conversation.customer_id)
+                .outerjoin(RoutingTask, RoutingTask.active_conversation_id == Conversation.id)
+                .where(
+                    Conversation.status == ConversationStatus.open.value,
+                    Conversation.assignee_id.is_(None),
+                    RoutingTask.id.is_(None),
+                )
+                .order_by(Conversation.id)
+                .limit(PAGE)
+            )
+            if conversation_ids is not None:
+                if not conversation_ids:
                     return 0
-                live = await session.scalar(
-                    select(RoutingTask.id).where(
-                        RoutingTask.active_conversation_id == conversation_id
+                query = query.where(Conversation.id.in_(conversation_ids))
+            rows = (await session.execute(query)).all()
+            if not rows:
+                return 0
+            queues, rules = await routing_config(session)
+            if not queues:
+                return 0
+            ids = [conv.id for conv, *_ in rows]
+            first_ids = (
+                select(func.min(Message.id))
+                .where(Message.conversation_id.in_(ids), Message.direction == "in")
+                .group_by(Message.conversation_id)
+            )
+            first_text = dict(
+                (
+                    await session.execute(
+                        select(Message.conversation_id, Message.text).where(
+                            Message.id.in_(first_ids)
+                        )
                     )
+                ).all()
+            )
+            chosen = {
+                conv.id: pick_queue(
+                    queues,
+                    rules,
+                    inbox_id=conv.inbox_id,
+                    channel=kind,
+                    language=conv.language or locale,
+                    tier=tier,
+                    text=f"{conv.subject or ''}\n{first_text.get(conv.id) or ''}",
+                    priority=conv.priority,
                 )
-                if live is not None:
-                    return 0
-                queue = (
-                    await session.get(Queue, queue_id)
-                    if queue_id is not None
-                    else await choose_queue(session, conversation)
+                for conv, kind, tier, locale in rows
+            }
+            sticky = await self._last_agents(
+                session,
+                [conv for conv, *_ in rows if (q := chosen[conv.id]) and q.sticky_seconds > 0],
+            )
+        values = []
+        for conv, kind, _, _ in rows:
+            queue = chosen[conv.id]
+            if queue is None:
+                continue
+            values.append(self._task_values(conv, kind, queue, sticky.get(conv.id), now))
+        if not values:
+            return 0
+        insert_fn = sqlite_insert if self.rt.db.is_sqlite else pg_insert
+        async with self.rt.db.write() as session:
+            await session.execute(
+                insert_fn(RoutingTask.__table__)  # type: ignore[arg-type]
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["active_conversation_id"])
+            )
+        return len(values)
+
+    async def _last_agents(
+        self, session: AsyncSession, conversations: list[Conversation]
+    ) -> dict[int, int]:
+        """For sticky routing: the agent of each customer's latest other conversation."""
+        if not conversations:
+            return {}
+        by_customer = {c.customer_id: c.id for c in conversations}
+        rows = (
+            await session.execute(
+                select(Conversation.customer_id, Conversation.assignee_id, Conversation.id)
+                .where(
+                    Conversation.customer_id.in_(by_customer),
+                    Conversation.assignee_id.is_not(None),
+                    Conversation.id.not_in(by_customer.values()),
                 )
-                if queue is None:
-                    return 0
-                session.add(await self._new_task(session, conversation, queue))
-            return 1
-        except IntegrityError:
-            return 0  # a concurrent enqueue made it first
+                .order_by(Conversation.last_message_at, Conversation.id)
+            )
+        ).all()
+        latest = {customer: agent for customer, agent, _ in rows if agent is not None}
+        return {by_customer[c]: a for c, a in latest.items()}
+
+    def _task_values(
+        self,
+        conversation: Conversation,
+        kind: str,
+        queue: Queue,
+        sticky_agent: int | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {
+            "conversation_id": conversation.id,
+            "active_conversation_id": conversation.id,
+            "queue_id": queue.id,
+            "channel": channel_class(kind).value,
+            "language": queue.language or conversation.language,
+            "status": TaskStatus.waiting.value,
+            "rank": task_rank(now, queue.priority, conversation.priority),
+            "enqueued_at": now,
+            "stage": 0,
+            "any_team_agent": False,
+            "skills_dropped": False,
+            "excluded": [],
+            "sticky_agent_id": sticky_agent,
+            "sticky_until": now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
+        }
 
     async def _new_task(
         self, session: AsyncSession, conversation: Conversation, queue: Queue
     ) -> RoutingTask:
-        now = self.clock.now()
+        """A task built inside the caller's transaction (transfers, re-queues)."""
         inbox = await session.get(Inbox, conversation.inbox_id)
-        sticky_agent = None
-        if queue.sticky_seconds > 0:
-            sticky_agent = await session.scalar(
-                select(Conversation.assignee_id)
-                .where(
-                    Conversation.customer_id == conversation.customer_id,
-                    Conversation.id != conversation.id,
-                    Conversation.assignee_id.is_not(None),
-                )
-                .order_by(Conversation.last_message_at.desc())
-                .limit(1)
-            )
+        sticky = await self._last_agents(session, [conversation]) if queue.sticky_seconds else {}
         return RoutingTask(
-            conversation_id=conversation.id,
-            active_conversation_id=conversation.id,
-            queue_id=queue.id,
-            channel=channel_class(inbox.kind if inbox else "").value,
-            language=queue.language or conversation.language,
-            status=TaskStatus.waiting.value,
-            rank=task_rank(now, queue.priority, conversation.priority),
-            enqueued_at=now,
-            stage=0,
-            any_team_agent=False,
-            skills_dropped=False,
-            excluded=[],
-            sticky_agent_id=sticky_agent,
-            sticky_until=now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
+            **self._task_values(
+                conversation,
+                inbox.kind if inbox else "",
+                queue,
+                sticky.get(conversation.id),
+                self.clock.now(),
+            )
         )
 
     async def cancel_task(self, task_id: int, *, reason: str) -> None:
@@ -596,16 +731,33 @@ class RoutingEngine:
     # ----- matching
 
     async def _candidates(self, session: AsyncSession) -> dict[int, Candidate]:
+        # Idle since: the later of the status row's mark (became available, last offer or
+        # assignment) and the last time one of the agent's conversations was resolved (a
+        # max() on the (assignee_id, resolved_at) index per agent).
+        released = (
+            select(func.max(Conversation.resolved_at))
+            .where(Conversation.assignee_id == Agent.id)
+            .scalar_subquery()
+        )
         rows = (
             await session.execute(
-                select(Agent, AgentStatus)
+                select(
+                    Agent.id,
+                    Agent.capacity,
+                    Agent.voice_blocks_chat,
+                    Agent.skills,
+                    Agent.languages,
+                    AgentStatus.idle_since,
+                    AgentStatus.last_offer_at,
+                    released,
+                )
                 .join(AgentStatus, AgentStatus.agent_id == Agent.id)
                 .where(AgentStatus.state == Presence.available.value, Agent.is_active.is_(True))
             )
         ).all()
         if not rows:
             return {}
-        ids = [agent.id for agent, _ in rows]
+        ids = [row[0] for row in rows]
         loads = await agent_loads(session, ids)
         teams: dict[int, set[int]] = defaultdict(set)
         for agent_id, team_id in (
@@ -614,109 +766,103 @@ class RoutingEngine:
             )
         ).all():
             teams[agent_id].add(team_id)
-        # Idle since: the later of the status row's mark (became available, last offer or
-        # assignment) and the last time one of the agent's conversations was resolved.
-        released = dict(
-            (
-                await session.execute(
-                    select(Conversation.assignee_id, func.max(Conversation.resolved_at))
-                    .where(Conversation.assignee_id.in_(ids), Conversation.resolved_at.is_not(None))
-                    .group_by(Conversation.assignee_id)
-                )
-            ).all()
-        )
-        return {
-            agent.id: Candidate(
-                agent=agent,
-                teams=teams[agent.id],
-                load=loads[agent.id],
-                idle_since=max(stamp(status.idle_since), stamp(released.get(agent.id))),
-                last_offer_at=stamp(status.last_offer_at),
-                skills={str(k): int(v) for k, v in (agent.skills or {}).items()},
+        out = {}
+        # Typed columns (and max() of one) come back as aware datetimes on both databases.
+        for agent_id, capacity, blocks, skills, languages, idle, offered, last_release in rows:
+            out[agent_id] = Candidate(
+                agent=AgentProfile(agent_id, capacity or {}, bool(blocks)),
+                teams=teams[agent_id],
+                load=loads[agent_id],
+                idle_since=max(stamp(idle), stamp(last_release)),
+                last_offer_at=stamp(offered),
+                skills={str(k): int(v) for k, v in (skills or {}).items()},
+                languages=set(languages or []),
             )
-            for agent, status in rows
-        }
+        return out
+
+    @staticmethod
+    def fits_group(
+        c: Candidate, queue: Queue, language: str | None, stage: tuple[bool, bool]
+    ) -> bool:
+        """The part of qualification that is the same for every task of a group: team,
+        language and skills (at the task's overflow stage)."""
+        skills_dropped, any_team_agent = stage
+        if queue.team_id is not None and queue.team_id not in c.teams:
+            return False
+        if any_team_agent:
+            return True
+        if language and language not in c.languages:
+            return False
+        if not skills_dropped:
+            for skill, level in (queue.skills or {}).items():
+                if c.skills.get(skill, 0) < int(level):
+                    return False
+        return True
 
     def qualified(self, c: Candidate, task: RoutingTask, queue: Queue) -> bool:
         if c.agent.id in (task.excluded or []):
             return False
         if not has_room(c.agent, c.load, task.channel):
             return False
-        if queue.team_id is not None and queue.team_id not in c.teams:
-            return False
-        if task.any_team_agent:
-            return True
-        if task.language and task.language not in (c.agent.languages or []):
-            return False
-        if not task.skills_dropped:
-            for skill, level in (queue.skills or {}).items():
-                if c.skills.get(skill, 0) < int(level):
-                    return False
-        return True
+        return self.fits_group(c, queue, task.language, (task.skills_dropped, task.any_team_agent))
 
     @staticmethod
-    def pick(candidates: list[Candidate], queue: Queue, cls: str) -> Candidate:
-        """The queue's strategy among qualified agents; every tie ends on agent id."""
+    def strategy_key(c: Candidate, queue: Queue, cls: str) -> tuple[float, ...]:
+        """Lower is chosen first; every key ends on the agent id, so ties are reproducible."""
         strategy = queue.strategy
         if strategy == Strategy.least_occupied:
-            return min(
-                candidates,
-                key=lambda c: (
-                    c.load.get(cls, 0) / max(1, capacity_of(c.agent, cls)),
-                    sum(c.load.values()),
-                    c.idle_since,
-                    c.agent.id,
-                ),
+            return (
+                c.load.get(cls, 0) / max(1, capacity_of(c.agent, cls)),
+                float(sum(c.load.values())),
+                c.idle_since,
+                c.agent.id,
             )
         if strategy == Strategy.round_robin:
-            return min(candidates, key=lambda c: (c.last_offer_at, c.agent.id))
+            return (c.last_offer_at, c.agent.id)
         if strategy == Strategy.best_match:
             wanted = queue.skills or {}
-            return min(
-                candidates,
-                key=lambda c: (
-                    -sum(c.skills.get(s, 0) for s in wanted),
-                    c.idle_since,
-                    c.agent.id,
-                ),
-            )
-        return min(candidates, key=lambda c: (c.idle_since, c.agent.id))
+            return (-float(sum(c.skills.get(s, 0) for s in wanted)), c.idle_since, c.agent.id)
+        return (c.idle_since, c.agent.id)
 
-    async def plan(self) -> list[Planned]:
-        """Choose an agent for as many waiting tasks as possible, in rank order (no writes)."""
+    async def plan(self, *, refresh: bool = True) -> list[Planned]:
+        """Choose an agent for as many waiting tasks as possible, in rank order (no writes).
+
+        Tasks that share queue, channel class, language and overflow stage share one heap of
+        the agents who fit them, ordered by the queue's strategy; keys go stale as agents are
+        chosen and are refreshed lazily when they come to the top. Each task then costs a few
+        heap operations instead of a walk over every agent.
+        """
         now = self.clock.now()
         planned: list[Planned] = []
         async with self.rt.db.read() as session:
-            candidates = await self._candidates(session)
+            if refresh or self._snapshot is None:
+                self._snapshot = await self._candidates(session)
+            candidates = self._snapshot
             if not candidates:
                 return []
             queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
-            offset = 0
+            heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]] = {}
+            last_rank: tuple[float, int] | None = None
             while True:
-                tasks = (
-                    await session.scalars(
-                        select(RoutingTask)
-                        .where(RoutingTask.status == TaskStatus.waiting.value)
-                        .order_by(RoutingTask.rank, RoutingTask.id)
-                        .offset(offset)
-                        .limit(PAGE)
+                query = (
+                    select(RoutingTask)
+                    .where(RoutingTask.status == TaskStatus.waiting.value)
+                    .order_by(RoutingTask.rank, RoutingTask.id)
+                    .limit(PAGE)
+                )
+                if last_rank is not None:
+                    query = query.where(
+                        (RoutingTask.rank > last_rank[0])
+                        | ((RoutingTask.rank == last_rank[0]) & (RoutingTask.id > last_rank[1]))
                     )
-                ).all()
+                tasks = (await session.scalars(query)).all()
                 for task in tasks:
                     queue = queues.get(task.queue_id)
                     if queue is None:
                         continue
-                    fits = [c for c in candidates.values() if self.qualified(c, task, queue)]
-                    sticky_id = task.sticky_agent_id
-                    if sticky_id is not None and task.sticky_until and task.sticky_until > now:
-                        sticky = [c for c in fits if c.agent.id == sticky_id]
-                        if sticky:
-                            fits = sticky
-                        elif sticky_id in candidates or await self._online(session, sticky_id):
-                            continue  # wait for the agent who helped last time
-                    if not fits:
+                    chosen = await self._choose(session, task, queue, candidates, heaps, now)
+                    if chosen is None:
                         continue
-                    chosen = self.pick(fits, queue, task.channel)
                     chosen.load[task.channel] = chosen.load.get(task.channel, 0) + 1
                     chosen.last_offer_at = chosen.idle_since = now.timestamp()
                     planned.append(Planned(task.id, chosen.agent.id))
@@ -725,8 +871,57 @@ class RoutingEngine:
                     for c in candidates.values()
                 ):
                     break
-                offset += PAGE
+                last_rank = (tasks[-1].rank, tasks[-1].id)
         return planned
+
+    async def _choose(
+        self,
+        session: AsyncSession,
+        task: RoutingTask,
+        queue: Queue,
+        candidates: dict[int, Candidate],
+        heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]],
+        now: datetime,
+    ) -> Candidate | None:
+        sticky_id = task.sticky_agent_id
+        if sticky_id is not None and task.sticky_until and task.sticky_until > now:
+            sticky = candidates.get(sticky_id)
+            if sticky is not None and self.qualified(sticky, task, queue):
+                return sticky
+            if sticky is not None or await self._online(session, sticky_id):
+                return None  # wait for the agent who helped last time
+        stage = (task.skills_dropped, task.any_team_agent)
+        group = (queue.id, task.channel, task.language, stage)
+        heap = heaps.get(group)
+        if heap is None:
+            heap = [
+                (self.strategy_key(c, queue, task.channel), c.agent.id)
+                for c in candidates.values()
+                if self.fits_group(c, queue, task.language, stage)
+            ]
+            heapq.heapify(heap)
+            heaps[group] = heap
+        excluded = set(task.excluded or [])
+        skipped: list[tuple[tuple[float, ...], int]] = []
+        chosen = None
+        while heap:
+            key, agent_id = heap[0]
+            c = candidates[agent_id]
+            if not has_room(c.agent, c.load, task.channel):
+                heapq.heappop(heap)  # full for this class: out of this group for the pass
+                continue
+            current = self.strategy_key(c, queue, task.channel)
+            if current != key:
+                heapq.heapreplace(heap, (current, agent_id))  # stale: re-sort and look again
+                continue
+            if agent_id in excluded:
+                skipped.append(heapq.heappop(heap))
+                continue
+            chosen = c
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return chosen
 
     async def _online(self, session: AsyncSession, agent_id: int) -> bool:
         state = await session.scalar(
@@ -735,76 +930,179 @@ class RoutingEngine:
         return state is not None and state != Presence.offline.value
 
     async def offer(self, task_id: int, agent_id: int) -> Offer | None:
-        """Commit one offer (or, for auto-accept classes, the assignment) after re-checking."""
+        """Commit one offer (see ``commit_offers``)."""
+        made = await self.commit_offers([Planned(task_id, agent_id)])
+        return made[0] if made else None
+
+    async def commit_offers(self, planned: list[Planned]) -> list[Offer]:
+        """Commit planned offers in one transaction, each re-checked: the agents' status rows
+        are locked (in id order, so racing engines cannot deadlock on them), loads recounted,
+        tasks claimed with a conditional update; a plan that no longer holds is skipped.
+        Auto-accept classes are assigned in the same transaction."""
+        if not planned:
+            return []
         now = self.clock.now()
         async with self.rt.db.write() as session:
-            status = await agent_status(session, agent_id, self.clock)
-            if status.state != Presence.available:
-                return None
-            agent = await session.get(Agent, agent_id)
-            task = await session.get(RoutingTask, task_id)
-            if agent is None or task is None or task.status != TaskStatus.waiting:
-                return None
-            queue = await session.get(Queue, task.queue_id)
-            if queue is None:
-                return None
-            load = (await agent_loads(session, [agent_id]))[agent_id]
-            if not has_room(agent, load, task.channel):
-                return None
-            moved = await session.execute(
-                update(RoutingTask)
-                .where(RoutingTask.id == task_id, RoutingTask.status == TaskStatus.waiting.value)
-                .values(status=TaskStatus.offered.value)
+            agent_ids = sorted({p.agent_id for p in planned})
+            statuses = {
+                s.agent_id: s
+                for s in (
+                    await session.scalars(
+                        select(AgentStatus)
+                        .where(AgentStatus.agent_id.in_(agent_ids))
+                        .order_by(AgentStatus.agent_id)
+                        .with_for_update()
+                    )
+                ).all()
+            }
+            agents = {
+                a.id: a
+                for a in (
+                    await session.scalars(
+                        select(Agent).where(Agent.id.in_(agent_ids)).options(lazyload(Agent.teams))
+                    )
+                ).all()
+            }
+            loads = await agent_loads(session, agent_ids)
+            tasks_table: Table = RoutingTask.__table__  # type: ignore[assignment]
+            claimed = set(
+                (
+                    await session.scalars(
+                        update(tasks_table)
+                        .where(
+                            tasks_table.c.id.in_([p.task_id for p in planned]),
+                            tasks_table.c.status == TaskStatus.waiting.value,
+                        )
+                        .values(status=TaskStatus.offered.value)
+                        .returning(tasks_table.c.id)
+                    )
+                ).all()
             )
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            await session.refresh(task)
-            offer = Offer(
-                task_id=task.id,
-                conversation_id=task.conversation_id,
-                agent_id=agent_id,
-                queue_id=queue.id,
-                channel=task.channel,
-                status=OfferStatus.pending.value,
-                created_at=now,
-                expires_at=now + timedelta(seconds=max(1, queue.offer_timeout_seconds)),
-            )
-            session.add(offer)
-            status.last_offer_at = now
-            status.idle_since = now
+            if not claimed:
+                return []
+            tasks = {
+                t.id: t
+                for t in (
+                    await session.scalars(
+                        select(RoutingTask)
+                        .where(RoutingTask.id.in_(claimed))
+                        .execution_options(populate_existing=True)
+                    )
+                ).all()
+            }
+            queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
+            offers: list[tuple[Offer, RoutingTask]] = []
+            for item in planned:
+                task = tasks.get(item.task_id)
+                if task is None:
+                    continue
+                status = statuses.get(item.agent_id)
+                agent = agents.get(item.agent_id)
+                if (
+                    status is None
+                    or status.state != Presence.available
+                    or agent is None
+                    or not agent.is_active
+                    or not has_room(agent, loads[item.agent_id], task.channel)
+                    or task.queue_id not in queues
+                ):
+                    task.status = TaskStatus.waiting.value
+                    continue
+                loads[item.agent_id][task.channel] += 1
+                queue = queues[task.queue_id]
+                offer = Offer(
+                    task_id=task.id,
+                    conversation_id=task.conversation_id,
+                    agent_id=item.agent_id,
+                    queue_id=queue.id,
+                    channel=task.channel,
+                    status=OfferStatus.pending.value,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=max(1, queue.offer_timeout_seconds)),
+                )
+                session.add(offer)
+                status.last_offer_at = now
+                status.idle_since = now
+                offers.append((offer, task))
             await session.flush()
-            conversation = await session.get(Conversation, task.conversation_id)
-            assert conversation is not None
-            summary = await self._summary(session, conversation)
-            events.append(
-                session,
-                "offer.created",
-                offer_view(offer, task, summary),
-                clock=self.clock,
-                agent_id=agent_id,
-                conversation_id=conversation.id,
-                customer_id=conversation.customer_id,
-            )
-            if task.channel in (queue.auto_accept or []):
-                await self._accept(session, offer, task, conversation, status, auto=True)
-            return offer
+            if not offers:
+                return []
+            conversations = {
+                c.id: c
+                for c in (
+                    await session.scalars(
+                        select(Conversation)
+                        .where(Conversation.id.in_([o.conversation_id for o, _ in offers]))
+                        .order_by(Conversation.id)
+                        .with_for_update()
+                    )
+                ).all()
+            }
+            summaries = await self._summaries(session, list(conversations.values()))
+            made = []
+            for offer, task in offers:
+                conversation = conversations[offer.conversation_id]
+                if conversation.assignee_id is not None or conversation.status != "open":
+                    # Assigned or closed since it was queued: the task is moot.
+                    offer.status = OfferStatus.withdrawn.value
+                    offer.answered_at = now
+                    task.status = TaskStatus.cancelled.value
+                    task.active_conversation_id = None
+                    task.ended_at = now
+                    continue
+                events.append(
+                    session,
+                    "offer.created",
+                    offer_view(offer, task, summaries[conversation.id]),
+                    clock=self.clock,
+                    agent_id=offer.agent_id,
+                    conversation_id=conversation.id,
+                    customer_id=conversation.customer_id,
+                )
+                if task.channel in (queues[task.queue_id].auto_accept or []):
+                    await self._accept(
+                        session, offer, task, conversation, statuses[offer.agent_id], auto=True
+                    )
+                made.append(offer)
+            return made
 
-    async def _summary(self, session: AsyncSession, conversation: Conversation) -> dict[str, Any]:
-        customer = await session.get(Customer, conversation.customer_id)
-        inbox = await session.get(Inbox, conversation.inbox_id)
-        preview = await session.scalar(
-            select(Message.text)
-            .where(Message.conversation_id == conversation.id, Message.private.is_(False))
-            .order_by(Message.id.desc())
-            .limit(1)
+    async def _summaries(
+        self, session: AsyncSession, conversations: list[Conversation]
+    ) -> dict[int, dict[str, Any]]:
+        """What an offer shows the agent: channel, customer, priority, subject, preview."""
+        ids = [c.id for c in conversations]
+        customers = dict(
+            (
+                await session.execute(
+                    select(Customer.id, Customer.name).where(
+                        Customer.id.in_({c.customer_id for c in conversations})
+                    )
+                )
+            ).all()
+        )
+        kinds = dict((await session.execute(select(Inbox.id, Inbox.kind))).all())
+        last_ids = (
+            select(func.max(Message.id))
+            .where(Message.conversation_id.in_(ids), Message.private.is_(False))
+            .group_by(Message.conversation_id)
+        )
+        previews = dict(
+            (
+                await session.execute(
+                    select(Message.conversation_id, Message.text).where(Message.id.in_(last_ids))
+                )
+            ).all()
         )
         return {
-            "channel": inbox.kind if inbox else None,
-            "inbox_id": conversation.inbox_id,
-            "customer": {"id": customer.id, "name": customer.name} if customer else None,
-            "priority": Priority(conversation.priority).name,
-            "subject": conversation.subject,
-            "preview": (preview or "")[:200],
+            c.id: {
+                "channel": kinds.get(c.inbox_id),
+                "inbox_id": c.inbox_id,
+                "customer": {"id": c.customer_id, "name": customers.get(c.customer_id, "")},
+                "priority": Priority(c.priority).name,
+                "subject": c.subject,
+                "preview": (previews.get(c.id) or "")[:200],
+            }
+            for c in conversations
         }
 
     async def answer(
@@ -1001,37 +1299,77 @@ class RoutingEngine:
 
     # ----- the loop
 
-    async def run_pass(self) -> int:
-        """One routing pass. Returns how many offers were made."""
-        await self.reconcile()
-        await self.expire_offers()
-        await self.overflow()
-        await self.disconnects()
+    async def run_pass(
+        self,
+        *,
+        full: bool = True,
+        conversations: list[int] | None = None,
+        agents_changed: bool = True,
+    ) -> int:
+        """One routing pass. ``full`` also runs the time-driven work (offer expiry, overflow,
+        disconnects) and the reconcile sweep; otherwise only the conversations named get
+        tasks. Then every waiting task that can be matched is offered. Returns offers made."""
+        if full:
+            await self.reconcile()
+            await self.expire_offers()
+            await self.overflow()
+            await self.disconnects()
+        elif conversations:
+            await self.enqueue_many(conversations)
         made = 0
-        for item in await self.plan():
-            if await self.offer(item.task_id, item.agent_id) is not None:
-                made += 1
+        planned = await self.plan(refresh=agents_changed)
+        for start in range(0, len(planned), OFFER_BATCH):
+            made += len(await self.commit_offers(planned[start : start + OFFER_BATCH]))
         if made:
             await self.rt.committed()
         return made
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Route until ``stop``: woken by events on the bus, and every tick regardless."""
+        """Route until ``stop``. Events on the bus wake a quick pass for the conversations
+        they name (new, reopened, unassigned); every tick a full pass (offer expiry,
+        overflow, disconnects, reconcile) runs regardless. The picture of the agents is
+        reloaded after events that change them, and at least every SNAPSHOT_SECONDS."""
         from contact_center.relay import EVENTS_CHANNEL
 
-        wake = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
         tick = self.settings.routing_tick_seconds
+        loop = asyncio.get_running_loop()
+        sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
+        next_full = next_snapshot = 0.0
+        pending: list[tuple[str, dict[str, Any]]] = []
         try:
             while not stop.is_set():
                 try:
-                    await self.run_pass()
+                    now = loop.time()
+                    changed = now >= next_snapshot or any(
+                        channel == WAKE_CHANNEL or frees_or_changes_agents(env)
+                        for channel, env in pending
+                    )
+                    if changed:
+                        next_snapshot = now + SNAPSHOT_SECONDS
+                    if now >= next_full or sub.lagged:
+                        if sub.lagged:  # we missed events: resubscribe, the full pass covers
+                            sub.close()
+                            sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
+                            changed = True
+                        next_full = now + tick
+                        await self.run_pass(full=True, agents_changed=changed)
+                    elif pending:
+                        ids = [
+                            int(env["conversation_id"])
+                            for channel, env in pending
+                            if channel == EVENTS_CHANNEL
+                            and env.get("type") in ROUTABLE
+                            and env.get("conversation_id")
+                        ]
+                        await self.run_pass(full=False, conversations=ids, agents_changed=changed)
                 except Exception:
                     log.exception("routing pass failed; retrying")
+                    self._snapshot = None
                     await asyncio.sleep(1)
-                await wake.get(timeout=tick)
-                wake.drain()
+                item = await sub.get(timeout=max(0.0, next_full - loop.time()))
+                pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
-            wake.close()
+            sub.close()
 
 
 def engine_of(rt: Runtime) -> RoutingEngine:

@@ -475,3 +475,39 @@ async def test_closed_or_assigned_conversations_leave_the_queue(
     assert stale is not None and stale.status == OfferStatus.withdrawn
     with pytest.raises(RoutingError):
         await engine(rt).answer(offer.id, a, accept=True)
+
+
+async def test_the_running_engine_reacts_to_arrivals_and_presence(rt: Runtime) -> None:
+    """The scheduler's loop (relay + engine woken by the bus), not hand-driven passes: a
+    conversation that arrives is offered, and an agent who becomes available gets the one
+    waiting for them."""
+    import asyncio
+
+    from contact_center.wiring import build_scheduler
+
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True)
+    first = await make_agent(rt, "First", capacity={"chat": 1})
+    stop = asyncio.Event()
+    runner = asyncio.create_task(build_scheduler(rt).run(stop))
+
+    async def offered(conv: int) -> int:
+        async with asyncio.timeout(10):
+            while (offer := await offer_for(rt, conv)) is None:
+                await asyncio.sleep(0.02)
+        return offer.agent_id
+
+    try:
+        a = await arrive(rt, "hello")
+        await rt.committed()
+        assert await offered(a) == first
+        b = await arrive(rt, "anyone?")
+        await rt.committed()
+        await asyncio.sleep(0.3)
+        assert await offer_for(rt, b) is None  # First is full; nobody else is there
+        second = await make_agent(rt, "Second")  # goes available: presence.updated
+        await rt.committed()
+        assert await offered(b) == second
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
