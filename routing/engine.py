@@ -1178,7 +1178,7 @@ class RoutingEngine:
         status.missed_offers = 0
         conversation.assignee_id = offer.agent_id
         conversation.updated_at = now
-        await session.flush()
+        # No flush here: a batch of offers is flushed once, at commit (executemany).
         events.append(
             session,
             "offer.accepted",
