@@ -1215,10 +1215,10 @@ class RoutingEngine:
     ) -> Conversation:
         """Assign directly (supervisor, transfer to an agent), capacity-checked."""
         async with self.rt.db.write() as session:
-            status = await agent_status(session, agent_id, self.clock)
             agent = await session.get(Agent, agent_id)
             if agent is None or not agent.is_active:
                 raise RoutingError("no such agent")
+            status = await agent_status(session, agent_id, self.clock)
             conversation = await session.get(Conversation, conversation_id, with_for_update=True)
             if conversation is None:
                 raise RoutingError("no such conversation")

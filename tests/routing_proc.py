@@ -17,6 +17,10 @@ async def main(start_at: float, passes: int) -> None:
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         made = 0
+        if passes < 0:  # until killed, reporting as it goes
+            while True:
+                made += await engine_of(rt).run_pass()
+                print(made, flush=True)
         for _ in range(passes):
             made += await engine_of(rt).run_pass()
         print(made)

@@ -108,3 +108,53 @@ async def test_concurrent_offers_to_one_agent_stop_at_capacity(rt: Runtime) -> N
         await other.close()
     assert sum(r is not None for r in results) == 2
     await check_invariants(rt)
+
+
+async def test_a_killed_routing_process_loses_nothing(rt: Runtime) -> None:
+    """SIGKILL a routing process in the middle of its work: what it committed stands, what
+    it had not committed never happened, and another engine finishes the job."""
+    import signal
+
+    await _setup(rt, agents=20, conversations=80, auto=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.routing_proc",
+        str(time.time()),
+        "-1",
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 60)  # one pass is done
+    assert first.strip(), (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    await check_invariants(rt)
+    # Free everyone (the customers were served) and bring more work: a new engine carries on.
+    async with rt.db.write() as session:
+        conversations = (
+            await session.scalars(select(Conversation).where(Conversation.assignee_id.is_not(None)))
+        ).all()
+    from tests.routing_helpers import resolve
+
+    for conv in conversations:
+        await resolve(rt, conv.id)
+    survivor = RoutingEngine(rt)
+    for _ in range(3):
+        await survivor.run_pass()
+    await check_invariants(rt)
+    async with rt.db.read() as session:
+        open_unassigned = await session.scalar(
+            select(func.count())
+            .select_from(Conversation)
+            .where(Conversation.status == "open", Conversation.assignee_id.is_(None))
+        )
+        assigned = await session.scalar(
+            select(func.count())
+            .select_from(Conversation)
+            .where(Conversation.status == "open", Conversation.assignee_id.is_not(None))
+        )
+    assert assigned == 40 and open_unassigned == 0
