@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -306,9 +307,22 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("inbox_id", "provider_message_id"),
-        UniqueConstraint("conversation_id", "client_id"),
+        # Partial: inbound messages (no client id, never re-sent) do not pay for these.
+        Index(
+            "uq_messages_conversation_id_client_id",
+            "conversation_id",
+            "client_id",
+            unique=True,
+            sqlite_where=text("client_id IS NOT NULL"),
+            postgresql_where=text("client_id IS NOT NULL"),
+        ),
         Index(None, "conversation_id", "created_at"),
-        Index(None, "delivery_status", "next_attempt_at"),
+        Index(
+            "ix_messages_next_attempt_at",
+            "next_attempt_at",
+            sqlite_where=text("next_attempt_at IS NOT NULL"),
+            postgresql_where=text("next_attempt_at IS NOT NULL"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
