@@ -12,8 +12,6 @@ writes only in conversations they may see).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from typing import Any
 
@@ -28,7 +26,7 @@ from contact_center.outbound import ReplyError, reply
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
 from contact_center.views import message_view
-from contact_center.wsutil import Bucket, origin_allowed
+from contact_center.wsutil import Bucket, FrameError, origin_allowed, serve_frames
 from routing.engine import (
     RoutingError,
     agent_status,
@@ -68,12 +66,6 @@ CONVERSATION = frozenset(
     }
 )
 WIRE_TYPE = {"offer.created": "offer"}
-
-
-class FrameError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class AgentSession:
@@ -368,37 +360,15 @@ async def _pump(session: AgentSession, live: Any) -> None:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             await session.heartbeat()
 
-    tasks = [asyncio.create_task(outgoing()), asyncio.create_task(beat())]
-    try:
-        while not tasks[0].done():
-            raw = await socket.receive_data("text")
-            if len(raw) > MAX_FRAME:
-                await session.send({"type": "error", "data": {"code": "too_large"}})
-                continue
-            if not session.bucket.take():
-                await session.send({"type": "error", "data": {"code": "rate_limited"}})
-                continue
-            kind = None
-            try:
-                frame = json.loads(raw)
-                if not isinstance(frame, dict):
-                    raise FrameError("bad_frame", "a frame is a JSON object")
-                kind = frame.get("type")
-                await session.handle(frame)
-            except FrameError as exc:
-                await session.send(
-                    {"type": "error", "data": {"code": exc.code, "message": str(exc), "for": kind}}
-                )
-            except (ValueError, TypeError) as exc:
-                await session.send(
-                    {"type": "error", "data": {"code": "bad_frame", "message": str(exc)}}
-                )
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    await serve_frames(
+        lambda: socket.receive_data("text"),
+        session.send,
+        session.handle,
+        outgoing=outgoing,
+        max_frame=MAX_FRAME,
+        bucket=session.bucket,
+        background=[beat],
+    )
 
 
 route_handlers = [agent_socket]

@@ -22,11 +22,8 @@ inbox.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from datetime import datetime
@@ -58,7 +55,7 @@ from contact_center.models import (
 from contact_center.outbound import OutboundMessage, SendResult
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
-from contact_center.wsutil import Bucket
+from contact_center.wsutil import Bucket, serve_frames
 
 log = logging.getLogger(__name__)
 
@@ -412,29 +409,14 @@ async def _pump(chat: ChatSession, live: Any) -> None:
             else:
                 await chat.send_event(message)
 
-    sender = asyncio.create_task(outgoing())
-    try:
-        while not sender.done():
-            raw = await socket.receive_data("text")
-            if len(raw) > MAX_FRAME:
-                await socket.send_json({"type": "error", "data": {"code": "too_large"}})
-                continue
-            if not chat.bucket.take():
-                await socket.send_json({"type": "error", "data": {"code": "rate_limited"}})
-                continue
-            try:
-                frame = json.loads(raw)
-                if not isinstance(frame, dict):
-                    raise ValueError("a frame is a JSON object")
-                await chat.handle(frame)
-            except (ValueError, TypeError) as exc:
-                await socket.send_json(
-                    {"type": "error", "data": {"code": "bad_frame", "message": str(exc)}}
-                )
-    finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+    await serve_frames(
+        lambda: socket.receive_data("text"),
+        socket.send_json,
+        chat.handle,
+        outgoing=outgoing,
+        max_frame=MAX_FRAME,
+        bucket=chat.bucket,
+    )
 
 
 @post("/webchat/upload", tags=["webhooks"], status_code=201)

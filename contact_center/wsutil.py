@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class FrameError(ValueError):
+    """A client frame refused with a machine-readable code; the connection stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Bucket:
@@ -37,3 +52,54 @@ def origin_allowed(origin: str | None, public_url: str, allowed: list[str]) -> b
         return True
     origin = origin.lower().rstrip("/")
     return origin == origin_of(public_url) or origin in {o.lower().rstrip("/") for o in allowed}
+
+
+async def serve_frames(
+    receive: Callable[[], Awaitable[str]],
+    send: Send,
+    handle: Callable[[dict[str, Any]], Awaitable[None]],
+    *,
+    outgoing: Callable[[], Coroutine[Any, Any, None]],
+    max_frame: int,
+    bucket: Bucket,
+    background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+) -> None:
+    """Read client frames until the socket or ``outgoing`` (the server-to-client pump) ends:
+    frames over ``max_frame`` or over the rate get an error, the rest go to ``handle``; a
+    frame it refuses gets an ``error`` frame (code, message, the frame's type) and the
+    connection carries on."""
+    tasks = [asyncio.create_task(outgoing())]
+    tasks += [asyncio.create_task(job()) for job in background or []]
+    try:
+        while not tasks[0].done():
+            raw = await receive()
+            if len(raw) > max_frame:
+                await send({"type": "error", "data": {"code": "too_large"}})
+                continue
+            if not bucket.take():
+                await send({"type": "error", "data": {"code": "rate_limited"}})
+                continue
+            kind = None
+            try:
+                frame = json.loads(raw)
+                if not isinstance(frame, dict):
+                    raise FrameError("bad_frame", "a frame is a JSON object")
+                kind = frame.get("type")
+                await handle(frame)
+            except FrameError as exc:
+                await send(
+                    {"type": "error", "data": {"code": exc.code, "message": str(exc), "for": kind}}
+                )
+            except (ValueError, TypeError) as exc:
+                await send(
+                    {
+                        "type": "error",
+                        "data": {"code": "bad_frame", "message": str(exc), "for": kind},
+                    }
+                )
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

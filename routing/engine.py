@@ -706,27 +706,39 @@ class RoutingEngine:
                 await self._unassign(session, conversation, reason="agent disconnected")
                 session.add(await self._new_task(session, conversation, queue))
 
-    async def _unassign(
-        self, session: AsyncSession, conversation: Conversation, *, reason: str
+    def _set_assignee(
+        self,
+        session: AsyncSession,
+        conversation: Conversation,
+        agent_id: int | None,
+        *,
+        reason: str,
+        **extra: Any,
     ) -> None:
+        """Change the assignee and append ``conversation.assigned`` (also for unassigning:
+        then the event goes to the previous agent's stream)."""
         previous = conversation.assignee_id
-        conversation.assignee_id = None
+        conversation.assignee_id = agent_id
         conversation.updated_at = self.clock.now()
-        await session.flush()
         events.append(
             session,
             "conversation.assigned",
             {
                 **conversation_view(conversation),
-                "assignee_id": None,
                 "previous_assignee_id": previous,
                 "reason": reason,
+                **extra,
             },
             clock=self.clock,
+            agent_id=agent_id if agent_id is not None else previous,
             conversation_id=conversation.id,
             customer_id=conversation.customer_id,
-            agent_id=previous,
         )
+
+    async def _unassign(
+        self, session: AsyncSession, conversation: Conversation, *, reason: str
+    ) -> None:
+        self._set_assignee(session, conversation, None, reason=reason)
 
     # ----- matching
 
@@ -1176,8 +1188,6 @@ class RoutingEngine:
         task.ended_at = now
         task.active_conversation_id = None
         status.missed_offers = 0
-        conversation.assignee_id = offer.agent_id
-        conversation.updated_at = now
         # No flush here: a batch of offers is flushed once, at commit (executemany).
         events.append(
             session,
@@ -1187,20 +1197,13 @@ class RoutingEngine:
             agent_id=offer.agent_id,
             conversation_id=offer.conversation_id,
         )
-        events.append(
+        self._set_assignee(
             session,
-            "conversation.assigned",
-            {
-                **conversation_view(conversation),
-                "previous_assignee_id": None,
-                "queue_id": task.queue_id,
-                "waited_seconds": round((now - task.enqueued_at).total_seconds(), 3),
-                "reason": "auto-accepted" if auto else "accepted",
-            },
-            clock=self.clock,
-            agent_id=offer.agent_id,
-            conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
+            conversation,
+            offer.agent_id,
+            reason="auto-accepted" if auto else "accepted",
+            queue_id=task.queue_id,
+            waited_seconds=round((now - task.enqueued_at).total_seconds(), 3),
         )
 
     # ----- direct assignment and transfer
@@ -1242,24 +1245,9 @@ class RoutingEngine:
                 live.agent_id = agent_id
                 live.assigned_at = live.ended_at = self.clock.now()
                 live.active_conversation_id = None
-            previous = conversation.assignee_id
-            conversation.assignee_id = agent_id
-            conversation.updated_at = self.clock.now()
             status.idle_since = self.clock.now()
-            await session.flush()
-            events.append(
-                session,
-                "conversation.assigned",
-                {
-                    **conversation_view(conversation),
-                    "previous_assignee_id": previous,
-                    "by_agent_id": by_agent_id,
-                    "reason": reason,
-                },
-                clock=self.clock,
-                agent_id=agent_id,
-                conversation_id=conversation.id,
-                customer_id=conversation.customer_id,
+            self._set_assignee(
+                session, conversation, agent_id, reason=reason, by_agent_id=by_agent_id
             )
             return conversation
 

@@ -4,14 +4,13 @@ every frame, bad frames."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from contact_center.models import Conversation, CustomerIdentity, Message
@@ -20,6 +19,7 @@ from routing.models import AgentStatus
 from tests.helpers import Org, ingest, make_inbox, make_org, relay, sms
 from tests.live import LiveApp, live_app
 from tests.routing_helpers import arrive, assignee, engine, make_queue
+from tests.wshelpers import drain, recv, send
 
 
 @pytest.fixture
@@ -39,27 +39,6 @@ async def live(rt: Runtime, org: Org) -> AsyncIterator[LiveApp]:
 def ws_url(live: LiveApp, token: str, **params: Any) -> str:
     query = "&".join(f"{k}={v}" for k, v in {"token": token, **params}.items())
     return live.url.replace("http://", "ws://") + f"/ws/agent?{query}"
-
-
-async def recv(ws: ClientConnection, kind: str, timeout: float = 5) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame["type"] == kind:
-                return frame  # type: ignore[no-any-return]
-
-
-async def drain(ws: ClientConnection, quiet: float = 1.0) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        try:
-            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
-        except TimeoutError:
-            return frames
-
-
-async def send(ws: ClientConnection, kind: str, **data: Any) -> None:
-    await ws.send(json.dumps({"type": kind, "data": data}))
 
 
 async def settle(rt: Runtime) -> None:

@@ -3,20 +3,20 @@ agent replies, typing, pre-chat identification, uploads, bad frames."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from contact_center.models import Agent, Attachment, Customer, CustomerIdentity, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.helpers import make_inbox, make_org, relay, run_jobs
 from tests.live import LiveApp, live_app
+from tests.wshelpers import drain, recv, send
 
 
 @pytest.fixture
@@ -29,29 +29,6 @@ async def live(rt: Runtime) -> AsyncIterator[LiveApp]:
 def ws_url(live: LiveApp, **params: Any) -> str:
     query = "&".join(f"{k}={v}" for k, v in {"inbox": "webchat", **params}.items())
     return live.url.replace("http://", "ws://") + f"/ws/chat?{query}"
-
-
-async def recv(ws: ClientConnection, kind: str, timeout: float = 5) -> dict[str, Any]:
-    """The next frame of ``kind`` (others are skipped)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame["type"] == kind:
-                return frame  # type: ignore[no-any-return]
-
-
-async def drain(ws: ClientConnection, quiet: float = 1.5) -> list[dict[str, Any]]:
-    """Every frame until the socket has been quiet for ``quiet`` seconds."""
-    frames = []
-    while True:
-        try:
-            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
-        except TimeoutError:
-            return frames
-
-
-async def send(ws: ClientConnection, kind: str, **data: Any) -> None:
-    await ws.send(json.dumps({"type": kind, "data": data}))
 
 
 async def count(rt: Runtime, model: type) -> int:
