@@ -20,19 +20,20 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy import event, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import run_concurrently  # noqa: E402
 from contact_center.db import migrate  # noqa: E402
 from contact_center.identities import IdentityRef  # noqa: E402
 from contact_center.ingest import InboundMessage  # noqa: E402
@@ -41,33 +42,12 @@ from contact_center.settings import load_settings  # noqa: E402
 from contact_center.wiring import build_runtime  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DB = "cc_bench"
 TEXT = "Hello, I was charged twice for my order and would like a refund, please check. " * 1
 
 
 async def recreate(drop_only: bool = False) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
-        if not drop_only:
-            await conn.execute(f'CREATE DATABASE "{PG_DB}"')
-    finally:
-        await conn.close()
-
-
-async def run_concurrently(count: int, concurrency: int, work: Any) -> float:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
-
-    async def worker() -> None:
-        while not queue.empty():
-            await work(queue.get_nowait())
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return count / (time.perf_counter() - start)
+    await common.recreate(PG_DB, drop_only=drop_only)
 
 
 async def measure(url: str, levels: list[int], count: int, label: str) -> list[dict[str, Any]]:
@@ -96,20 +76,29 @@ async def measure(url: str, levels: list[int], count: int, label: str) -> list[d
         )
     async with rt.db.engine.begin() as conn:
         if rt.db.is_sqlite:
-            ddl = (
+            # The same columns and indexes as messages (its foreign keys left out).
+            rows = (
                 await conn.execute(
-                    text("SELECT sql FROM sqlite_master WHERE type='table' AND name='messages'")
+                    text(
+                        "SELECT type, sql FROM sqlite_master WHERE tbl_name = 'messages'"
+                        " AND sql IS NOT NULL ORDER BY type DESC"
+                    )
                 )
-            ).scalar()
-            ddl = ddl.replace('"messages"', "bench_raw_messages", 1).replace(
-                "CREATE TABLE messages", "CREATE TABLE bench_raw_messages"
-            )
-            ddl = "\n".join(
-                line
-                for line in ddl.splitlines()
-                if "FOREIGN KEY" not in line and "REFERENCES" not in line
-            ).replace(",\n)", "\n)")
-            await conn.execute(text(ddl))
+            ).all()
+            for kind, ddl in rows:
+                ddl = re.sub(
+                    r'(?:"messages"|\bmessages\b)(\s*\()', r"bench_raw_messages\1", ddl, count=1
+                )
+                if kind == "index":
+                    ddl = re.sub(r"INDEX (\w+)", r"INDEX raw_\1", ddl, count=1)
+                else:
+                    ddl = "\n".join(
+                        line
+                        for line in ddl.splitlines()
+                        if "FOREIGN KEY" not in line and "REFERENCES" not in line
+                    )
+                    ddl = re.sub(r",\s*\n\)", "\n)", ddl)
+                await conn.execute(text(ddl))
         else:
             await conn.execute(
                 text("CREATE TABLE bench_raw_messages (LIKE messages INCLUDING ALL)")
@@ -258,9 +247,7 @@ async def main() -> None:
         url = f"sqlite+aiosqlite:///{tmp}/bench.db"
         await asyncio.to_thread(migrate, url)
         rows += await measure(url, [1, 8], count, "sqlite")
-    conn = await asyncpg.connect(PG_ADMIN)
-    pg_version = await conn.fetchval("SHOW server_version")
-    await conn.close()
+    pg_version = await common.pg_version()
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -32,12 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import run_concurrently  # noqa: E402
 from contact_center.db import migrate  # noqa: E402
 from contact_center.identities import IdentityRef  # noqa: E402
 from contact_center.ingest import InboundMessage  # noqa: E402
@@ -50,30 +51,11 @@ from routing.engine import engine_of, set_presence  # noqa: E402
 from routing.models import Presence, Queue, RoutingTask  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DB = "cc_bench_routing"
 
 
 async def recreate(drop_only: bool = False) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
-        if not drop_only:
-            await conn.execute(f'CREATE DATABASE "{PG_DB}"')
-    finally:
-        await conn.close()
-
-
-async def gather_limited(n: int, concurrency: int, work: Any) -> None:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-
-    async def worker() -> None:
-        while not queue.empty():
-            await work(queue.get_nowait())
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await common.recreate(PG_DB, drop_only=drop_only)
 
 
 async def setup(rt: Runtime, agents: int) -> list[int]:
@@ -136,7 +118,7 @@ async def arrivals(rt: Runtime, count: int, prefix: str) -> None:
             )
         )
 
-    await gather_limited(count, 8, one)
+    await run_concurrently(count, 8, one)
 
 
 async def backlog(rt: Runtime, agents: list[int], waiting: int) -> dict[str, Any]:
@@ -246,7 +228,7 @@ async def baseline(rt: Runtime, agents: list[int], count: int) -> dict[str, floa
                 await conn.execute(stmt, {"now": datetime.now(UTC), "id": agents[i % len(agents)]})
 
         start = time.perf_counter()
-        await gather_limited(count, level, one)
+        await run_concurrently(count, level, one)
         out[f"update_commit_per_s_c{level}"] = round(count / (time.perf_counter() - start), 1)
     return out
 
@@ -291,9 +273,7 @@ async def main() -> None:
             await rt.close()
     finally:
         await recreate(drop_only=True)
-    conn = await asyncpg.connect(PG_ADMIN)
-    pg_version = await conn.fetchval("SHOW server_version")
-    await conn.close()
+    pg_version = await common.pg_version()
     result["machine"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
