@@ -187,9 +187,28 @@ def conversation_from(secret: str, recipients: list[str]) -> int | None:
 
 
 async def deliver(
-    rt: Runtime, raw: bytes, inbox_id: str, recipients: list[str] | tuple[str, ...] = ()
+    rt: Runtime,
+    raw: bytes,
+    inbox_id: str,
+    recipients: list[str] | tuple[str, ...] = (),
+    *,
+    mail_from: str | None = None,
 ) -> IngestResult:
-    message = parse_email(raw, inbox_id)
+    """Parse and ingest one raw message (SMTP, the relay webhook and the IMAP poller)."""
+    return await ingest_email(rt, parse_email(raw, inbox_id), recipients, mail_from=mail_from)
+
+
+async def ingest_email(
+    rt: Runtime,
+    message: InboundMessage,
+    recipients: list[str] | tuple[str, ...] = (),
+    *,
+    mail_from: str | None = None,
+) -> IngestResult:
+    """Ingest a parsed message. ``recipients`` may carry a reply token; an empty envelope
+    sender (``MAIL FROM:<>``, a bounce) marks the message automatic (never auto-answered)."""
+    if mail_from is not None and not mail_from.strip("<> "):
+        message = dataclasses.replace(message, extra={**message.extra, "automatic": True})
     conversation_id = conversation_from(rt.settings.derive_key("reply-token"), list(recipients))
     if conversation_id is not None:
         message = dataclasses.replace(
@@ -230,7 +249,13 @@ class InboundMailHandler:
         if inbox is None:
             return "550 5.1.1 No such mailbox here"
         try:
-            await deliver(self.rt, bytes(raw or b""), inbox.id, list(envelope.rcpt_tos))
+            await deliver(
+                self.rt,
+                bytes(raw or b""),
+                inbox.id,
+                list(envelope.rcpt_tos),
+                mail_from=envelope.mail_from,
+            )
         except MalformedEmail as exc:
             return f"554 5.6.0 Malformed message: {exc}"
         except Exception:

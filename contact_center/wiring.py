@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import channels
+from channels import imap
 from contact_center import outbound
 from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
@@ -35,7 +36,10 @@ def subscriptions() -> list[JobSubscription]:
 
 
 def periodic() -> list[Periodic]:
-    return [Periodic("outbound-sweep", 1.0, outbound.sweep)]
+    return [
+        Periodic("outbound-sweep", 1.0, outbound.sweep),
+        Periodic("imap-poll", 5.0, imap.schedule_polls),
+    ]
 
 
 async def build_runtime(

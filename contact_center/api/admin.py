@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contact_center.api.common import current_agent, runtime_of
 from contact_center.auth import hash_password, require
+from contact_center.inbox_config import InboxConfigError, check_inbox
 from contact_center.models import Agent, ChannelKind, Inbox, Role, Team, TeamMember
 from contact_center.views import agent_view, inbox_view, team_view
 
@@ -54,6 +55,13 @@ async def _check_team(session: Any, team_id: int | None) -> None:
         raise ClientException(f"no such team: {team_id}")
 
 
+def _check_config(kind: str, settings: dict[str, Any], credentials: dict[str, Any]) -> None:
+    try:
+        check_inbox(kind, settings, credentials)
+    except InboxConfigError as exc:
+        raise ClientException(str(exc)) from None
+
+
 class InboxController(Controller):
     path = "/api/v1/inboxes"
     tags = ["admin"]
@@ -75,6 +83,7 @@ class InboxController(Controller):
         if not _INBOX_ID.match(inbox_id):
             raise ClientException("id: lowercase letters, digits and dashes, at most 64")
         _check_url(data.api_base_url)
+        _check_config(data.kind.value, data.settings, data.credentials)
         inbox = Inbox(
             id=inbox_id,
             name=data.name.strip()[:200],
@@ -134,6 +143,7 @@ class InboxController(Controller):
                         else:
                             merged[key] = value
                     inbox.credentials = merged
+                _check_config(inbox.kind, inbox.settings, inbox.credentials)
                 return inbox_view(inbox)
         except IntegrityError:
             raise ClientException(
