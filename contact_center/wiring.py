@@ -11,7 +11,7 @@ from typing import Any
 
 import channels
 from channels import imap
-from contact_center import outbound
+from contact_center import autoreply, outbound
 from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
 from contact_center.clock import Clock, SystemClock
@@ -31,6 +31,12 @@ def subscriptions() -> list[JobSubscription]:
             matches=outbound.wants_send,
             key=lambda e: f"send:{e['data']['id']}",
             payload=lambda e: {"message_id": e["data"]["id"]},
+        ),
+        JobSubscription(
+            job=autoreply.JOB,
+            matches=autoreply.wants_auto_reply,
+            key=lambda e: f"auto-reply:{e['data']['id']}",
+            payload=lambda e: {"conversation_id": e["data"]["id"]},
         ),
     ]
 
