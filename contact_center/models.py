@@ -323,6 +323,14 @@ class Message(Base):
             sqlite_where=text("next_attempt_at IS NOT NULL"),
             postgresql_where=text("next_attempt_at IS NOT NULL"),
         ),
+        # Automatic replies are capped per recipient per day (contact_center/autoreply.py).
+        Index(
+            "ix_messages_to_address_created_at",
+            "to_address",
+            "created_at",
+            sqlite_where=text("to_address IS NOT NULL"),
+            postgresql_where=text("to_address IS NOT NULL"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -396,3 +404,29 @@ class RelayState(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     sequenced: Mapped[int] = mapped_column(BigInteger, default=0)
     published: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MailboxState(Base):
+    """Where polling of an email inbox's IMAP mailbox stands: one row per inbox.
+
+    ``last_uid`` only moves after the message with that UID is committed, so a crash re-fetches
+    it (ingest dedupes on the Message-ID). A changed ``uidvalidity`` or folder starts over from
+    UID 1, which dedupe makes harmless. ``claimed_by`` is a lease: one poll at a time.
+    """
+
+    __tablename__ = "mailbox_states"
+    inbox_id: Mapped[str] = mapped_column(
+        ForeignKey("inboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    folder: Mapped[str | None] = mapped_column(String(200))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    next_poll_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None]
+    last_polled_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The latest messages skipped as unreadable: [{"uid", "reason", "at"}], newest last.
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)

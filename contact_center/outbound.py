@@ -135,15 +135,21 @@ async def reply(
     session: AsyncSession,
     *,
     conversation_id: int,
-    agent: Agent,
+    agent: Agent | None,
     text: str,
     clock: Clock,
     html: str | None = None,
     private: bool = False,
     client_id: str | None = None,
+    automatic: bool = False,
+    subject: str | None = None,
 ) -> tuple[Message, bool]:
     """Record an agent's reply (or internal note). Returns (message, created); a repeated
-    ``client_id`` returns the first message unchanged."""
+    ``client_id`` returns the first message unchanged.
+
+    Without an agent the message is the system's own; ``automatic`` marks it as sent by no
+    person (email adds ``Auto-Submitted: auto-replied``), and ``subject`` replaces the
+    conversation's subject on it exactly."""
     conversation = await session.get(Conversation, conversation_id)
     if conversation is None:
         raise LookupError("conversation not found")
@@ -173,8 +179,8 @@ async def reply(
         conversation_id=conversation.id,
         inbox_id=conversation.inbox_id,
         direction=Direction.outbound.value,
-        author_type=AuthorType.agent.value,
-        agent_id=agent.id,
+        author_type=(AuthorType.agent if agent is not None else AuthorType.system).value,
+        agent_id=agent.id if agent is not None else None,
         customer_id=conversation.customer_id,
         private=private,
         text=body,
@@ -184,7 +190,8 @@ async def reply(
         send_attempts=0,
         next_attempt_at=None if private else now + REDELIVER_AFTER,
         to_address=to_address,
-        extra={},
+        subject=subject,
+        extra={"automatic": True} if automatic else {},
         created_at=now,
     )
     session.add(message)
@@ -199,7 +206,7 @@ async def reply(
         clock=clock,
         conversation_id=conversation.id,
         customer_id=conversation.customer_id,
-        agent_id=agent.id,
+        agent_id=agent.id if agent is not None else None,
     )
     return message, True
 
@@ -388,6 +395,7 @@ async def _load_outbound(session: AsyncSession, message_id: int, rt: Runtime) ->
         extra={
             "public_url": rt.settings.public_url,
             "reply_key": rt.settings.derive_key("reply-token"),
+            "automatic": bool(message.extra.get("automatic")),
         },
     )
 

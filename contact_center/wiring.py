@@ -10,7 +10,8 @@ import asyncio
 from typing import Any
 
 import channels
-from contact_center import outbound
+from channels import imap
+from contact_center import autoreply, outbound
 from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
 from contact_center.clock import Clock, SystemClock
@@ -35,11 +36,20 @@ def subscriptions() -> list[JobSubscription]:
             key=lambda e: f"send:{e['data']['id']}",
             payload=lambda e: {"message_id": e["data"]["id"]},
         ),
+        JobSubscription(
+            job=autoreply.JOB,
+            matches=autoreply.wants_auto_reply,
+            key=lambda e: f"auto-reply:{e['data']['id']}",
+            payload=lambda e: {"conversation_id": e["data"]["id"]},
+        ),
     ]
 
 
 def periodic() -> list[Periodic]:
-    return [Periodic("outbound-sweep", 1.0, outbound.sweep)]
+    return [
+        Periodic("outbound-sweep", 1.0, outbound.sweep),
+        Periodic("imap-poll", 5.0, imap.schedule_polls),
+    ]
 
 
 async def build_runtime(

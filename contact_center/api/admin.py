@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from contact_center.api.common import current_agent, runtime_of
 from contact_center.auth import hash_password, require
 from contact_center.calendars import Calendar, CalendarError
+from contact_center.inbox_config import InboxConfigError, check_inbox
 from contact_center.models import Agent, ChannelKind, Inbox, Role, Team, TeamMember
 from contact_center.views import agent_view, inbox_view, team_view
 
@@ -67,6 +68,13 @@ async def _check_team(session: Any, team_id: int | None) -> None:
         raise ClientException(f"no such team: {team_id}")
 
 
+def _check_config(kind: str, settings: dict[str, Any], credentials: dict[str, Any]) -> None:
+    try:
+        check_inbox(kind, settings, credentials)
+    except InboxConfigError as exc:
+        raise ClientException(str(exc)) from None
+
+
 class InboxController(Controller):
     path = "/api/v1/inboxes"
     tags = ["admin"]
@@ -89,6 +97,7 @@ class InboxController(Controller):
             raise ClientException("id: lowercase letters, digits and dashes, at most 64")
         _check_url(data.api_base_url)
         _check_settings(data.settings)
+        _check_config(data.kind.value, data.settings, data.credentials)
         inbox = Inbox(
             id=inbox_id,
             name=data.name.strip()[:200],
@@ -150,6 +159,7 @@ class InboxController(Controller):
                         else:
                             merged[key] = value
                     inbox.credentials = merged
+                _check_config(inbox.kind, inbox.settings, inbox.credentials)
                 return inbox_view(inbox)
         except IntegrityError:
             raise ClientException(
