@@ -8,28 +8,45 @@ forward only. Sending: the twilio REST client (async), pointed at the inbox's AP
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from litestar import Request, Response, post
 from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlalchemy import select
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from channels.media import MediaError, MediaHosts, fetch_media
 from channels.webhooks import public_url, runtime_of
+from contact_center import events
+from contact_center.attachments import AttachmentRejected
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_phone
 from contact_center.ingest import InboundMessage
+from contact_center.jobs import MAX_TRIES, RetryJob, job
 from contact_center.metrics import DUPLICATES, INGESTED
-from contact_center.models import DeliveryStatus, Inbox, Message
+from contact_center.models import Attachment, DeliveryStatus, Inbox, Message
 from contact_center.outbound import OutboundMessage, SendError, SendResult, set_status
+from contact_center.runtime import Runtime
+from contact_center.views import message_view
 
 log = logging.getLogger(__name__)
 
+# Seconds a request to Twilio may take (the inbox's ``timeout_seconds`` setting overrides it);
+# well under the send lease, so a hung request ends as a retry, never as "interrupted".
+SEND_TIMEOUT = 20.0
+MAX_TIMEOUT = 60.0
+MAX_MEDIA_ITEMS = 10
+MEDIA_JOB = "twilio.media"
+MEDIA_TIMEOUT = 30.0
+MEDIA_MAX_ATTEMPTS = MAX_TRIES  # the job runners' tries: the last one records the failure
+MEDIA_PENDING, MEDIA_STORED, MEDIA_FAILED = "pending", "stored", "download_failed"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 STATUS_MAP = {
     "accepted": DeliveryStatus.queued,
@@ -45,25 +62,57 @@ STATUS_MAP = {
 }
 
 
-class RedirectingHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """Sends the SDK's requests to another scheme+host (a regional proxy, a stand-in)."""
+class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The SDK's async HTTP client with a request timeout, optionally sending its requests to
+    another scheme+host (a regional proxy, a stand-in).
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(pool_connections=False)
-        parts = urlsplit(base_url)
+    The SDK's own client takes a ``timeout`` but its ``request`` never uses it, so aiohttp would
+    wait without limit (longer than the send's lease): every request here gets ours.
+    """
+
+    def __init__(self, base_url: str | None = None, timeout: float = SEND_TIMEOUT) -> None:
+        # One session per client (so per send), closed by ``close()`` even when a request
+        # fails: the SDK's per-request session is never closed when the request raises.
+        super().__init__(pool_connections=True, timeout=timeout)
+        parts = urlsplit(base_url or "")
         self._scheme, self._netloc = parts.scheme, parts.netloc
         self._prefix = parts.path.rstrip("/")
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
-        parts = urlsplit(url)
-        url = urlunsplit(
-            (self._scheme, self._netloc, self._prefix + parts.path, parts.query, parts.fragment)
-        )
+        if self._netloc:
+            parts = urlsplit(url)
+            url = urlunsplit(
+                (self._scheme, self._netloc, self._prefix + parts.path, parts.query, parts.fragment)
+            )
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        if auth := kwargs.pop("auth", None):
+            # As a header: aiohttp deprecates its ``auth`` argument (gone in aiohttp 4).
+            basic = aiohttp.encode_basic_auth(str(auth[0]), str(auth[1]))
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": basic}
         return await super().request(method, url, *args, **kwargs)
 
 
 def _whatsapp(address: str) -> bool:
     return address.lower().startswith("whatsapp:")
+
+
+def _timeout(settings: dict[str, Any]) -> float:
+    """The inbox's ``timeout_seconds`` setting, within (0, MAX_TIMEOUT]; SEND_TIMEOUT if unset."""
+    try:
+        value = float(settings.get("timeout_seconds") or SEND_TIMEOUT)
+    except (TypeError, ValueError):
+        return SEND_TIMEOUT
+    return min(value, MAX_TIMEOUT) if value > 0 else SEND_TIMEOUT
+
+
+def send_error(exc: TwilioRestException | TwilioServiceException) -> SendError:
+    """Twilio's answer as the agent sees it (status, Twilio error code, message). 5xx and 429
+    are worth another try; any other 4xx (21211 invalid 'To', 20003 credentials) is final."""
+    text = (exc.detail or exc.title) if isinstance(exc, TwilioServiceException) else exc.msg
+    code = f" (error {exc.code})" if exc.code not in (None, exc.status) else ""
+    retry = exc.status >= 500 or exc.status == 429
+    return SendError(f"Twilio {exc.status}{code}: {text}", retryable=retry)
 
 
 class TwilioSender:
@@ -73,11 +122,7 @@ class TwilioSender:
         token = inbox.credentials.get("auth_token", "")
         if not sid or not token:
             raise SendError("the inbox has no Twilio account_sid/auth_token", retryable=False)
-        http = (
-            RedirectingHttpClient(inbox.api_base_url)
-            if inbox.api_base_url
-            else (AsyncTwilioHttpClient(pool_connections=False))
-        )
+        http = TwilioHttpClient(inbox.api_base_url, timeout=_timeout(inbox.settings))
         client = Client(sid, token, http_client=http)
         to = message.to_address
         sender = inbox.address
@@ -91,12 +136,18 @@ class TwilioSender:
         if callback:
             kwargs["status_callback"] = callback
         try:
-            created = await client.messages.create_async(**kwargs)
-        except TwilioRestException as exc:
-            retry = exc.status >= 500 or exc.status == 429
-            raise SendError(f"Twilio {exc.status}: {exc.msg}", retryable=retry) from exc
-        except OSError as exc:
-            raise SendError(f"Twilio unreachable: {exc}", retryable=True) from exc
+            async with http:
+                created = await client.messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise send_error(exc) from exc
+        except TimeoutError as exc:
+            raise SendError(
+                f"Twilio did not answer within {http.timeout:g} s", retryable=True
+            ) from exc
+        except (OSError, aiohttp.ClientError) as exc:
+            raise SendError(
+                f"Twilio unreachable: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
         status = STATUS_MAP.get(str(created.status or ""), DeliveryStatus.sent)
         return SendResult(str(created.sid), max(status, DeliveryStatus.sent, key=lambda s: s.rank))
 
@@ -154,10 +205,7 @@ async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
         )
     except InvalidIdentity as exc:
         raise ClientException(f"From: {exc}") from None
-    media = []
-    for i in range(min(int(params.get("NumMedia", "0") or 0), 10)):
-        if url := params.get(f"MediaUrl{i}"):
-            media.append({"url": url, "content_type": params.get(f"MediaContentType{i}")})
+    media = _media_params(params)
     result = await rt.ingestor.ingest(
         InboundMessage(
             inbox_id=inbox.id,
@@ -170,7 +218,30 @@ async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
     (DUPLICATES if result.duplicate else INGESTED).labels(kind).inc()
     if not result.duplicate:
         await rt.committed()
+    if media:
+        # After the commit and before the 2xx: if we die in between, Twilio posts again and
+        # the replay (a duplicate) enqueues whatever is still pending.
+        await enqueue_media(rt, result.message_id)
     return _twiml()
+
+
+def _media_params(params: dict[str, str]) -> list[dict[str, Any]]:
+    """``MediaUrlN`` / ``MediaContentTypeN`` as pending downloads (Twilio sends at most 10)."""
+    try:
+        count = max(0, min(int(params.get("NumMedia") or 0), MAX_MEDIA_ITEMS))
+    except ValueError:
+        raise ClientException("NumMedia must be a number") from None
+    media: list[dict[str, Any]] = []
+    for i in range(count):
+        if url := params.get(f"MediaUrl{i}"):
+            media.append(
+                {
+                    "url": url,
+                    "content_type": params.get(f"MediaContentType{i}"),
+                    "status": MEDIA_PENDING,
+                }
+            )
+    return media
 
 
 @post("/webhooks/twilio/status", tags=["webhooks"], status_code=200)
@@ -203,6 +274,135 @@ async def twilio_status(request: Request[Any, Any, Any]) -> Response[str]:
     if changed:
         await rt.committed()
     return _twiml()
+
+
+# -- inbound media ---------------------------------------------------------------------------------
+
+# Twilio's media hosts: the API (which answers with a redirect to a short-lived CDN URL) and
+# its CDN; accounts without media authentication still get Twilio's bucket on S3.
+TWILIO_MEDIA_HOSTS = MediaHosts(
+    hosts=frozenset({"api.twilio.com", "media.twiliocdn.com", "mms.twiliocdn.com"}),
+    suffixes=(".twiliocdn.com",),
+    path_prefixes=(("s3-external-1.amazonaws.com", "/media.twiliocdn.com/"),),
+)
+# Basic auth (account SID + auth token) goes to the API only, never to a CDN.
+MEDIA_AUTH_HOSTS = frozenset({"api.twilio.com"})
+
+
+async def enqueue_media(rt: Runtime, message_id: int) -> None:
+    """One job per media item still pending, keyed by message id and index."""
+    async with rt.db.read() as session:
+        extra = await session.scalar(select(Message.extra).where(Message.id == message_id))
+    for index, item in enumerate((extra or {}).get("media") or []):
+        if isinstance(item, dict) and item.get("status") == MEDIA_PENDING:
+            await rt.jobs.enqueue(
+                MEDIA_JOB,
+                {"message_id": message_id, "index": index},
+                key=f"twilio-media:{message_id}:{index}",
+            )
+
+
+@job(MEDIA_JOB)
+async def media_job(rt: Runtime, payload: dict[str, Any]) -> None:
+    """Download one ``MediaUrlN`` of an inbound message into an attachment.
+
+    Idempotent: an item that is no longer pending is left alone, and the attachment row and the
+    item's new status are written together under the message's row lock. Permanent failures
+    (host not allowed, 4xx, too large, type refused) are recorded on the item; transient ones
+    count an attempt and raise ``RetryJob`` until ``MEDIA_MAX_ATTEMPTS``.
+    """
+    message_id, index = int(payload["message_id"]), int(payload["index"])
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(
+                select(Message.extra, Inbox)
+                .join(Inbox, Inbox.id == Message.inbox_id)
+                .where(Message.id == message_id)
+            )
+        ).first()
+    if row is None:
+        return
+    extra, inbox = row
+    items = (extra or {}).get("media") or []
+    if index >= len(items) or items[index].get("status") != MEDIA_PENDING:
+        return
+    item = items[index]
+    try:
+        fetched = await fetch_media(
+            str(item["url"]),
+            TWILIO_MEDIA_HOSTS.with_own(inbox.api_base_url),
+            max_bytes=rt.store.max_bytes,
+            auth=(
+                str(inbox.credentials.get("account_sid", "")),
+                str(inbox.credentials.get("auth_token", "")),
+            ),
+            auth_hosts=MEDIA_AUTH_HOSTS,
+            timeout=MEDIA_TIMEOUT,
+        )
+        stored = rt.store.save(
+            fetched.data, fetched.filename, fetched.content_type or item.get("content_type")
+        )
+    except AttachmentRejected as exc:
+        await _media_failed(rt, message_id, index, str(exc), permanent=True)
+        return
+    except MediaError as exc:
+        if await _media_failed(rt, message_id, index, exc.reason, permanent=exc.permanent):
+            raise RetryJob(f"media {index} of message {message_id}: {exc.reason}") from exc
+        return
+    async with rt.db.write() as session:
+        message = await session.get(Message, message_id, with_for_update=True)
+        if message is None:
+            return
+        media = copy.deepcopy((message.extra or {}).get("media") or [])
+        if index >= len(media) or media[index].get("status") != MEDIA_PENDING:
+            return  # another run stored it (or gave up) meanwhile
+        attachment = Attachment(
+            message_id=message.id,
+            filename=stored.filename,
+            content_type=stored.content_type,
+            size=stored.size,
+            sha256=stored.sha256,
+            storage_key=stored.storage_key,
+            created_at=rt.clock.now(),
+        )
+        session.add(attachment)
+        await session.flush()
+        media[index] |= {"status": MEDIA_STORED, "attachment_id": attachment.id}
+        media[index].pop("reason", None)
+        message.extra = {**message.extra, "media": media}
+        query = select(Attachment).where(Attachment.message_id == message.id)
+        attachments = (await session.scalars(query.order_by(Attachment.id))).all()
+        events.append(
+            session,
+            "message.updated",
+            {**message_view(message, inbox.kind, list(attachments)), "reason": "attachment_added"},
+            clock=rt.clock,
+            conversation_id=message.conversation_id,
+            customer_id=message.customer_id,
+        )
+    await rt.committed()
+
+
+async def _media_failed(
+    rt: Runtime, message_id: int, index: int, reason: str, *, permanent: bool
+) -> bool:
+    """Record a failed download on the item. Returns whether it should be tried again."""
+    async with rt.db.write() as session:
+        message = await session.get(Message, message_id, with_for_update=True)
+        if message is None:
+            return False
+        media = copy.deepcopy((message.extra or {}).get("media") or [])
+        if index >= len(media) or media[index].get("status") != MEDIA_PENDING:
+            return False
+        item = media[index]
+        item["attempts"] = int(item.get("attempts") or 0) + 1
+        item["reason"] = reason
+        retry = not permanent and item["attempts"] < MEDIA_MAX_ATTEMPTS
+        if not retry:
+            item["status"] = MEDIA_FAILED
+            log.warning("media %s of message %s not downloaded: %s", index, message_id, reason)
+        message.extra = {**message.extra, "media": media}
+    return retry
 
 
 route_handlers = [twilio_messages, twilio_status]
