@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from channels.media import MediaError, MediaHosts, fetch_media
-from channels.twilio import TWILIO_MEDIA_HOSTS
+from channels.twilio_media import TWILIO_MEDIA_HOSTS
 
 
 class Server:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from channels.twilio import MEDIA_MAX_ATTEMPTS, enqueue_media, media_job
+from channels.twilio_media import MEDIA_MAX_ATTEMPTS, enqueue_media, media_job
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
 from contact_center.jobs import RetryJob
