@@ -17,13 +17,13 @@ import hmac
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlalchemy import select
 
+from channels.media import MediaError, MediaHosts, fetch_media
 from channels.webhooks import runtime_of
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 GRAPH = "https://graph.facebook.com"
 VERSION = "v19.0"
-CDN_SUFFIXES = (".fbcdn.net", ".cdninstagram.com", ".facebook.com")
+CDN_HOSTS = MediaHosts(suffixes=(".fbcdn.net", ".cdninstagram.com", ".facebook.com"))
 MAX_MEDIA = 25 * 1024 * 1024
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613})
 KINDS = {"page": "messenger", "instagram": "instagram"}
@@ -159,14 +159,6 @@ async def _inbound(rt: Runtime, inbox: Inbox, item: dict[str, Any]) -> InboundMe
     return None
 
 
-def _allowed_media(url: str, inbox: Inbox) -> bool:
-    parts = urlsplit(url)
-    own = urlsplit(inbox.api_base_url or "").netloc
-    if own and parts.netloc == own:
-        return True
-    return parts.scheme == "https" and (parts.hostname or "").endswith(CDN_SUFFIXES)
-
-
 async def _media(inbox: Inbox, items: list[Any]) -> tuple[list[InboundAttachment], list[str]]:
     attachments: list[InboundAttachment] = []
     failed: list[str] = []
@@ -175,25 +167,16 @@ async def _media(inbox: Inbox, items: list[Any]) -> tuple[list[InboundAttachment
         for a in items[:10]
         if isinstance(a, dict)
     ]
-    async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
-        for kind, url in wanted:
-            if not url:
-                continue
-            if not _allowed_media(url, inbox):
-                failed.append(f"{kind}: not fetched from {urlsplit(url).netloc}")
-                continue
-            try:
-                response = await client.get(url)
-                response.raise_for_status()
-                if len(response.content) > MAX_MEDIA:
-                    raise ValueError("too large")
-            except (httpx.HTTPError, ValueError) as exc:
-                failed.append(f"{kind}: {exc}")
-                continue
-            name = urlsplit(url).path.rsplit("/", 1)[-1] or kind
-            attachments.append(
-                InboundAttachment(name, response.headers.get("content-type"), response.content)
-            )
+    allowed = CDN_HOSTS.with_own(inbox.api_base_url)
+    for kind, url in wanted:
+        if not url:
+            continue
+        try:
+            fetched = await fetch_media(url, allowed, max_bytes=MAX_MEDIA, timeout=10)
+        except MediaError as exc:
+            failed.append(f"{kind}: {exc.reason}")
+            continue
+        attachments.append(InboundAttachment(fetched.filename, fetched.content_type, fetched.data))
     return attachments, failed
 
 

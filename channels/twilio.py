@@ -2,7 +2,8 @@
 
 Inbound: ``POST /webhooks/twilio/messages`` (form), the inbox chosen by ``To``, the request
 validated with the twilio package's ``RequestValidator`` over every parameter received, against
-``CC_PUBLIC_URL`` + path. Status: ``POST /webhooks/twilio/status`` moves delivery status
+``CC_PUBLIC_URL`` + path; media (``MediaUrlN``) are recorded as pending and downloaded after
+the ack by ``channels.twilio_media``. Status: ``POST /webhooks/twilio/status`` moves delivery status
 forward only. Sending: the twilio REST client (async), pointed at the inbox's API base URL.
 """
 
@@ -12,15 +13,17 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from litestar import Request, Response, post
 from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlalchemy import select
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from channels.twilio_media import MAX_MEDIA_ITEMS, MEDIA_PENDING, enqueue_media
 from channels.webhooks import public_url, runtime_of
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_phone
 from contact_center.ingest import InboundMessage
@@ -30,6 +33,10 @@ from contact_center.outbound import OutboundMessage, SendError, SendResult, set_
 
 log = logging.getLogger(__name__)
 
+# Seconds a request to Twilio may take (the inbox's ``timeout_seconds`` setting overrides it);
+# well under the send lease, so a hung request ends as a retry, never as "interrupted".
+SEND_TIMEOUT = 20.0
+MAX_TIMEOUT = 60.0
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 STATUS_MAP = {
     "accepted": DeliveryStatus.queued,
@@ -45,25 +52,57 @@ STATUS_MAP = {
 }
 
 
-class RedirectingHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """Sends the SDK's requests to another scheme+host (a regional proxy, a stand-in)."""
+class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The SDK's async HTTP client with a request timeout, optionally sending its requests to
+    another scheme+host (a regional proxy, a stand-in).
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(pool_connections=False)
-        parts = urlsplit(base_url)
+    The SDK's own client takes a ``timeout`` but its ``request`` never uses it, so aiohttp would
+    wait without limit (longer than the send's lease): every request here gets ours.
+    """
+
+    def __init__(self, base_url: str | None = None, timeout: float = SEND_TIMEOUT) -> None:
+        # One session per client (so per send), closed by ``close()`` even when a request
+        # fails: the SDK's per-request session is never closed when the request raises.
+        super().__init__(pool_connections=True, timeout=timeout)
+        parts = urlsplit(base_url or "")
         self._scheme, self._netloc = parts.scheme, parts.netloc
         self._prefix = parts.path.rstrip("/")
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
-        parts = urlsplit(url)
-        url = urlunsplit(
-            (self._scheme, self._netloc, self._prefix + parts.path, parts.query, parts.fragment)
-        )
+        if self._netloc:
+            parts = urlsplit(url)
+            url = urlunsplit(
+                (self._scheme, self._netloc, self._prefix + parts.path, parts.query, parts.fragment)
+            )
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        if auth := kwargs.pop("auth", None):
+            # As a header: aiohttp deprecates its ``auth`` argument (gone in aiohttp 4).
+            basic = aiohttp.encode_basic_auth(str(auth[0]), str(auth[1]))
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": basic}
         return await super().request(method, url, *args, **kwargs)
 
 
 def _whatsapp(address: str) -> bool:
     return address.lower().startswith("whatsapp:")
+
+
+def _timeout(settings: dict[str, Any]) -> float:
+    """The inbox's ``timeout_seconds`` setting, within (0, MAX_TIMEOUT]; SEND_TIMEOUT if unset."""
+    try:
+        value = float(settings.get("timeout_seconds") or SEND_TIMEOUT)
+    except (TypeError, ValueError):
+        return SEND_TIMEOUT
+    return min(value, MAX_TIMEOUT) if value > 0 else SEND_TIMEOUT
+
+
+def send_error(exc: TwilioRestException | TwilioServiceException) -> SendError:
+    """Twilio's answer as the agent sees it (status, Twilio error code, message). 5xx and 429
+    are worth another try; any other 4xx (21211 invalid 'To', 20003 credentials) is final."""
+    text = (exc.detail or exc.title) if isinstance(exc, TwilioServiceException) else exc.msg
+    code = f" (error {exc.code})" if exc.code not in (None, exc.status) else ""
+    retry = exc.status >= 500 or exc.status == 429
+    return SendError(f"Twilio {exc.status}{code}: {text}", retryable=retry)
 
 
 class TwilioSender:
@@ -73,11 +112,7 @@ class TwilioSender:
         token = inbox.credentials.get("auth_token", "")
         if not sid or not token:
             raise SendError("the inbox has no Twilio account_sid/auth_token", retryable=False)
-        http = (
-            RedirectingHttpClient(inbox.api_base_url)
-            if inbox.api_base_url
-            else (AsyncTwilioHttpClient(pool_connections=False))
-        )
+        http = TwilioHttpClient(inbox.api_base_url, timeout=_timeout(inbox.settings))
         client = Client(sid, token, http_client=http)
         to = message.to_address
         sender = inbox.address
@@ -91,12 +126,18 @@ class TwilioSender:
         if callback:
             kwargs["status_callback"] = callback
         try:
-            created = await client.messages.create_async(**kwargs)
-        except TwilioRestException as exc:
-            retry = exc.status >= 500 or exc.status == 429
-            raise SendError(f"Twilio {exc.status}: {exc.msg}", retryable=retry) from exc
-        except OSError as exc:
-            raise SendError(f"Twilio unreachable: {exc}", retryable=True) from exc
+            async with http:
+                created = await client.messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise send_error(exc) from exc
+        except TimeoutError as exc:
+            raise SendError(
+                f"Twilio did not answer within {http.timeout:g} s", retryable=True
+            ) from exc
+        except (OSError, aiohttp.ClientError) as exc:
+            raise SendError(
+                f"Twilio unreachable: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
         status = STATUS_MAP.get(str(created.status or ""), DeliveryStatus.sent)
         return SendResult(str(created.sid), max(status, DeliveryStatus.sent, key=lambda s: s.rank))
 
@@ -154,10 +195,7 @@ async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
         )
     except InvalidIdentity as exc:
         raise ClientException(f"From: {exc}") from None
-    media = []
-    for i in range(min(int(params.get("NumMedia", "0") or 0), 10)):
-        if url := params.get(f"MediaUrl{i}"):
-            media.append({"url": url, "content_type": params.get(f"MediaContentType{i}")})
+    media = _media_params(params)
     result = await rt.ingestor.ingest(
         InboundMessage(
             inbox_id=inbox.id,
@@ -170,7 +208,30 @@ async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
     (DUPLICATES if result.duplicate else INGESTED).labels(kind).inc()
     if not result.duplicate:
         await rt.committed()
+    if media:
+        # After the commit and before the 2xx: if we die in between, Twilio posts again and
+        # the replay (a duplicate) enqueues whatever is still pending.
+        await enqueue_media(rt, result.message_id)
     return _twiml()
+
+
+def _media_params(params: dict[str, str]) -> list[dict[str, Any]]:
+    """``MediaUrlN`` / ``MediaContentTypeN`` as pending downloads (Twilio sends at most 10)."""
+    try:
+        count = max(0, min(int(params.get("NumMedia") or 0), MAX_MEDIA_ITEMS))
+    except ValueError:
+        raise ClientException("NumMedia must be a number") from None
+    media: list[dict[str, Any]] = []
+    for i in range(count):
+        if url := params.get(f"MediaUrl{i}"):
+            media.append(
+                {
+                    "url": url,
+                    "content_type": params.get(f"MediaContentType{i}"),
+                    "status": MEDIA_PENDING,
+                }
+            )
+    return media
 
 
 @post("/webhooks/twilio/status", tags=["webhooks"], status_code=200)

@@ -23,6 +23,9 @@ EVENT_TYPES: Final = frozenset(
         "conversation.updated",
         "message.created",
         "message.status",
+        # A stored message changed other than by status (an attachment downloaded after
+        # ingest): the payload is the whole message view, plus a "reason".
+        "message.updated",
     }
 )
 

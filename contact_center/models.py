@@ -153,10 +153,11 @@ _STATUS_RANK = {
     DeliveryStatus.queued: 1,
     DeliveryStatus.sending: 2,
     DeliveryStatus.sent: 3,
-    DeliveryStatus.delivered: 4,
+    # A provider cannot take a delivery back: delivered outranks the failures it may follow.
     DeliveryStatus.undelivered: 4,
     DeliveryStatus.failed: 4,
-    DeliveryStatus.read: 5,
+    DeliveryStatus.delivered: 5,
+    DeliveryStatus.read: 6,
 }
 
 

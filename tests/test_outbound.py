@@ -5,6 +5,7 @@ worker died mid-send. Runs on both backends; on PostgreSQL jobs run on real rq w
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -280,6 +281,7 @@ async def test_transient_failure_is_retried_after_the_backoff(
     assert await status_events(rt, message_id) == [("queued", reason), ("sent", None)]
 
 
+@pytest.mark.parametrize("problem", [False, True], ids=["legacy-error", "problem-details"])
 @pytest.mark.parametrize(
     ("status", "code", "text"),
     [
@@ -288,11 +290,19 @@ async def test_transient_failure_is_retried_after_the_backoff(
     ],
 )
 async def test_client_error_fails_at_once(
-    rt: Runtime, standin: TwilioStandIn, clock: ManualClock, status: int, code: int, text: str
+    rt: Runtime,
+    standin: TwilioStandIn,
+    clock: ManualClock,
+    status: int,
+    code: int,
+    text: str,
+    problem: bool,
 ) -> None:
+    """Either error shape Twilio answers in (the SDK raises TwilioRestException for one and
+    TwilioServiceException for the other) ends the message failed, code and text visible."""
     agent, conversation_id = await conversation(rt, standin)
     message_id, _ = await agent_reply(rt, agent, conversation_id)
-    standin.fail_next(1, status=status, code=code, message=text)
+    standin.fail_next(1, status=status, code=code, message=text, problem=problem)
 
     await settle(rt)
     clock.advance(hours=1)
@@ -303,8 +313,71 @@ async def test_client_error_fails_at_once(
     assert message.delivery_status == DeliveryStatus.failed
     assert message.status_reason is not None
     assert str(status) in message.status_reason and text in message.status_reason
+    assert f"error {code}" in message.status_reason
     assert message.next_attempt_at is None
     assert await status_events(rt, message_id) == [("failed", message.status_reason)]
+
+
+@pytest.mark.parametrize(
+    ("status", "problem"),
+    [(503, False), (503, True), (429, False), (429, True)],
+    ids=["503", "503-problem-details", "429", "429-problem-details"],
+)
+async def test_server_errors_and_throttling_are_retried(
+    rt: Runtime, standin: TwilioStandIn, status: int, problem: bool
+) -> None:
+    agent, conversation_id = await conversation(rt, standin)
+    message_id, _ = await agent_reply(rt, agent, conversation_id)
+    standin.fail_next(1, status=status, code=20429 if status == 429 else 20500, problem=problem)
+
+    await send_job(rt, {"message_id": message_id})
+
+    message = await load(rt, message_id)
+    assert message.delivery_status == DeliveryStatus.queued
+    assert message.status_reason is not None and str(status) in message.status_reason
+    assert message.next_attempt_at is not None
+
+
+async def test_unreachable_twilio_is_retried(rt: Runtime, standin: TwilioStandIn) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    agent, conversation_id = await conversation(rt, standin)
+    async with rt.db.write() as session:
+        inbox = await session.get(Inbox, "sms")
+        assert inbox is not None
+        inbox.api_base_url = f"http://127.0.0.1:{port}"
+    message_id, _ = await agent_reply(rt, agent, conversation_id)
+
+    await send_job(rt, {"message_id": message_id})
+
+    message = await load(rt, message_id)
+    assert message.delivery_status == DeliveryStatus.queued
+    assert message.status_reason is not None and "unreachable" in message.status_reason
+
+
+async def test_a_hung_twilio_request_times_out_and_is_retried(
+    rt: Runtime, standin: TwilioStandIn
+) -> None:
+    """The SDK's async client would wait forever; ours gives up after the inbox's timeout
+    (set short here) and the send goes back to the queue instead of outliving its lease."""
+    agent, conversation_id = await conversation(rt, standin)
+    async with rt.db.write() as session:
+        inbox = await session.get(Inbox, "sms")
+        assert inbox is not None
+        inbox.settings = {"timeout_seconds": 0.5}
+    message_id, _ = await agent_reply(rt, agent, conversation_id)
+    standin.hold()
+    try:
+        await send_job(rt, {"message_id": message_id})
+    finally:
+        standin.release()
+
+    message = await load(rt, message_id)
+    assert message.delivery_status == DeliveryStatus.queued
+    assert message.status_reason is not None and "did not answer" in message.status_reason
+    assert len(standin.sent) == 1
 
 
 async def test_wrong_credentials_fail_at_once(rt: Runtime, standin: TwilioStandIn) -> None:

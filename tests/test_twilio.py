@@ -366,3 +366,49 @@ async def test_status_callback_for_unknown_sid_changes_nothing(
     assert fresh.delivery_status == DeliveryStatus.sent
     assert fresh.status_reason is None
     assert await count(rt, DomainEvent) == events_before
+
+
+@pytest.mark.parametrize(
+    ("first", "late"),
+    [
+        ("delivered", "failed"),
+        ("delivered", "undelivered"),
+        ("delivered", "sent"),
+        ("read", "delivered"),
+        ("read", "failed"),
+    ],
+)
+async def test_a_later_callback_never_takes_a_status_back(
+    rt: Runtime, standin: TwilioStandIn, live: LiveApp, first: str, late: str
+) -> None:
+    """Twilio cannot un-deliver: whatever arrives after "delivered" (or "read") is ignored."""
+    message = await sent_reply(rt, standin, live)
+    sid = message.provider_message_id
+    assert sid is not None
+    assert_twiml(await post(live, STATUS, status_params(sid, first)))
+
+    assert_twiml(await post(live, STATUS, status_params(sid, late, ErrorCode="30005")))
+
+    fresh = await reload(rt, message)
+    assert fresh.delivery_status == first
+    assert fresh.status_reason is None
+    assert await status_events(rt, message.id) == [("sent", None), (first, None)]
+
+
+async def test_delivery_reported_after_a_failure_wins(
+    rt: Runtime, standin: TwilioStandIn, live: LiveApp
+) -> None:
+    """Callbacks race; a carrier's "delivered" is the last word on an "undelivered"."""
+    message = await sent_reply(rt, standin, live)
+    sid = message.provider_message_id
+    assert sid is not None
+
+    assert_twiml(await post(live, STATUS, status_params(sid, "undelivered", ErrorCode="30003")))
+    assert_twiml(await post(live, STATUS, status_params(sid, "delivered")))
+
+    assert (await reload(rt, message)).delivery_status == DeliveryStatus.delivered
+    assert [s for s, _ in await status_events(rt, message.id)] == [
+        "sent",
+        "undelivered",
+        "delivered",
+    ]

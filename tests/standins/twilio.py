@@ -8,6 +8,12 @@ Failures on demand: ``fail_next(count, status, code, message)`` makes the next `
 message creations answer with that status and Twilio's error JSON. ``hold()`` makes requests
 wait (after being recorded) until ``release()``, so a test can act while a send is in flight.
 
+Media, as Twilio serves an MMS's ``MediaUrlN``: ``add_media(message_sid, data, content_type)``
+gives ``/2010-04-01/Accounts/{sid}/Messages/{MM...}/Media/{ME...}``, which needs Basic auth and
+answers 307 to a short-lived "CDN" URL (``/cdn/<token>``, no auth: the URL is the secret), like
+Twilio's redirect to mms.twiliocdn.com. Unknown media is 404 with Twilio's error JSON;
+``media_fail_next(count, status)`` makes the next media requests answer ``status``.
+
 Runs in a daemon thread, so the test's event loop (the product's sender) stays free.
 """
 
@@ -33,6 +39,10 @@ from tests.helpers import TWILIO_SID, TWILIO_TOKEN
 API = "/2010-04-01"
 MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 MESSAGE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)\.json$")
+MEDIA = re.compile(
+    r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<message>[^/]+)/Media/(?P<sid>ME[0-9a-f]+)$"
+)
+CDN = re.compile(r"^/cdn/(?P<token>[0-9a-f]+)$")
 SID = re.compile(r"^SM[0-9a-f]{32}$")
 HOLD_LIMIT = 30.0  # seconds a held request waits at most (a forgotten release() cannot hang)
 
@@ -57,11 +67,34 @@ class TwilioRequest:
     status: int  # what the stand-in answered
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A non-JSON answer (media bytes, a redirect)."""
+
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def problem_body(status: int, code: int, message: str) -> dict[str, Any]:
+    """Twilio's newer error shape (RFC 9457 problem details), which the SDK raises as
+    ``TwilioServiceException`` instead of ``TwilioRestException``."""
+    return {
+        "type": f"https://www.twilio.com/docs/errors/{code}",
+        "title": "Bad request" if status < 500 else "Service unavailable",
+        "status": status,
+        "code": code,
+        "detail": message,
+        "instance": f"/errors/{uuid.uuid4().hex}",
+    }
+
+
 @dataclass
 class _Failure:
     status: int
     code: int
     message: str
+    problem: bool = False
 
 
 @dataclass
@@ -70,10 +103,14 @@ class TwilioStandIn:
     auth_token: str = TWILIO_TOKEN
     requests: list[TwilioRequest] = field(default_factory=list)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (message sid, media sid) -> (bytes, content type)
+    media: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
+        self._media_failures: list[int] = []
+        self._cdn: dict[str, tuple[str, str]] = {}
         self._gate = threading.Event()
         self._gate.set()
         self._arrived = threading.Condition(self._lock)
@@ -106,8 +143,11 @@ class TwilioStandIn:
         status: int = 500,
         code: int | None = None,
         message: str | None = None,
+        *,
+        problem: bool = False,
     ) -> None:
-        """The next ``count`` message creations answer ``status`` with Twilio's error JSON."""
+        """The next ``count`` message creations answer ``status`` with Twilio's error JSON
+        (``problem=True``: in the RFC 9457 shape)."""
         failure = _Failure(
             status,
             code if code is not None else (20500 if status >= 500 else 21211),
@@ -117,9 +157,32 @@ class TwilioStandIn:
                 if status >= 500
                 else "The 'To' number is not a valid phone number."
             ),
+            problem,
         )
         with self._lock:
             self._failures.extend([failure] * count)
+
+    def add_media(self, message_sid: str, data: bytes, content_type: str) -> str:
+        """Store a media file of an inbound message; returns its MediaUrl, as Twilio sends it."""
+        media_sid = "ME" + uuid.uuid4().hex
+        with self._lock:
+            self.media[(message_sid, media_sid)] = (data, content_type)
+        return self.media_url(message_sid, media_sid)
+
+    def media_url(self, message_sid: str, media_sid: str) -> str:
+        return (
+            f"{self.url}{API}/Accounts/{self.account_sid}/Messages/{message_sid}/Media/{media_sid}"
+        )
+
+    def media_fail_next(self, count: int = 1, status: int = 503) -> None:
+        with self._lock:
+            self._media_failures.extend([status] * count)
+
+    @property
+    def media_requests(self) -> list[TwilioRequest]:
+        """Media fetches (the API URL and the CDN URL it redirects to), in arrival order."""
+        with self._lock:
+            return [r for r in self.requests if MEDIA.match(r.path) or CDN.match(r.path)]
 
     def hold(self) -> None:
         """Requests from now on wait (already recorded) until ``release()``."""
@@ -142,9 +205,36 @@ class TwilioStandIn:
 
     # -- wire ----------------------------------------------------------------------------------
 
+    def _media(
+        self, method: str, path: str, auth: tuple[str, str] | None
+    ) -> tuple[int, dict[str, Any] | Raw] | None:
+        api, cdn = MEDIA.match(path), CDN.match(path)
+        if (api is None and cdn is None) or method != "GET":
+            return None
+        if api is not None and auth != (self.account_sid, self.auth_token):
+            return 401, error_body(401, 20003, "Authenticate")
+        if self._media_failures:
+            status = self._media_failures.pop(0)
+            return status, error_body(status, 20500, "An internal server error has occurred")
+        if cdn is not None:
+            found = self._cdn.get(cdn["token"])
+            if found is None or found not in self.media:
+                return 404, error_body(404, 20404, f"The requested resource {path} was not found")
+            data, content_type = self.media[found]
+            return 200, Raw(data, content_type)
+        assert api is not None
+        key = (api["message"], api["sid"])
+        if api["account"] != self.account_sid or key not in self.media:
+            return 404, error_body(404, 20404, f"The requested resource {path} was not found")
+        token = uuid.uuid4().hex
+        self._cdn[token] = key
+        return 307, Raw(b"", "text/plain", {"Location": f"{self.url}/cdn/{token}"})
+
     def _answer(
         self, method: str, path: str, auth: tuple[str, str] | None, form: dict[str, str]
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any] | Raw]:
+        if (media := self._media(method, path, auth)) is not None:
+            return media
         if auth != (self.account_sid, self.auth_token):
             return 401, error_body(401, 20003, "Authenticate")
         create = MESSAGES.match(path)
@@ -161,7 +251,8 @@ class TwilioStandIn:
             return 200, found
         if self._failures:
             failure = self._failures.pop(0)
-            return failure.status, error_body(failure.status, failure.code, failure.message)
+            shape = problem_body if failure.problem else error_body
+            return failure.status, shape(failure.status, failure.code, failure.message)
         for name, code in (("To", 21604), ("From", 21603)):
             if not form.get(name):
                 return 400, error_body(400, code, f"A '{name}' phone number is required.")
@@ -224,10 +315,19 @@ def _handler(standin: TwilioStandIn) -> type[BaseHTTPRequestHandler]:
                 )
                 standin._arrived.notify_all()
             standin._gate.wait(HOLD_LIMIT)
-            data = json.dumps(payload).encode()
+            if isinstance(payload, Raw):
+                data, content_type, extra = payload.body, payload.content_type, payload.headers
+            else:
+                data, content_type, extra = (
+                    json.dumps(payload).encode(),
+                    "application/json; charset=utf-8",
+                    {},
+                )
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in extra.items():
+                self.send_header(name, value)
             if status == 401:
                 self.send_header("WWW-Authenticate", 'Basic realm="Twilio API"')
             self.end_headers()
