@@ -50,6 +50,10 @@ class Subscription:
         channel, message = item
         return channel, message
 
+    def notify(self, channel: str, message: dict[str, Any]) -> None:
+        """Queue a message for this subscriber only (a local wake-up, not published)."""
+        self._offer(channel, message)
+
     def take_queued(self) -> list[tuple[str, dict[str, Any]]]:
         """Everything queued now, without waiting."""
         items = []

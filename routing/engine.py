@@ -64,6 +64,7 @@ OFFER_BATCH = 200  # offers committed per transaction
 SNAPSHOT_SECONDS = 5.0  # the longest the engine plans on an unreloaded picture of the agents
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
+SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
 # Events after which a conversation may need a task (its own quick pass); any event at all
 # may free an agent or change presence, so every wake-up also plans.
 ROUTABLE = frozenset({"conversation.created", "conversation.updated", "conversation.assigned"})
@@ -1316,31 +1317,44 @@ class RoutingEngine:
         """Route until ``stop``. Events on the bus wake a quick pass for the conversations
         they name (new, reopened, unassigned); every tick a full pass (offer expiry,
         overflow, disconnects, reconcile) runs regardless. The picture of the agents is
-        reloaded after events that change them, and at least every SNAPSHOT_SECONDS."""
+        reloaded in the background (passes go on with the old one meanwhile) after events
+        that change agents and at least every SNAPSHOT_SECONDS; a finished reload wakes a
+        pass of its own."""
         from contact_center.relay import EVENTS_CHANNEL
 
         tick = self.settings.routing_tick_seconds
         loop = asyncio.get_running_loop()
         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
         next_full = next_snapshot = 0.0
+        reload: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
+
+        async def reload_snapshot(into: Any) -> None:
+            async with self.rt.db.read() as session:
+                self._snapshot = await self._candidates(session)
+            into.notify(SNAPSHOT_CHANNEL, {})
+
         try:
             while not stop.is_set():
                 try:
                     now = loop.time()
-                    changed = now >= next_snapshot or any(
+                    if sub.lagged:  # we missed events: resubscribe; full pass, fresh picture
+                        sub.close()
+                        sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
+                        next_full = next_snapshot = now
+                    changed = any(
                         channel == WAKE_CHANNEL or frees_or_changes_agents(env)
                         for channel, env in pending
                     )
-                    if changed:
+                    if self._snapshot is None:
+                        self._snapshot = await self._load_candidates()
                         next_snapshot = now + SNAPSHOT_SECONDS
-                    if now >= next_full or sub.lagged:
-                        if sub.lagged:  # we missed events: resubscribe, the full pass covers
-                            sub.close()
-                            sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
-                            changed = True
+                    elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
+                        next_snapshot = now + SNAPSHOT_SECONDS
+                        reload = asyncio.create_task(reload_snapshot(sub))
+                    if now >= next_full:
                         next_full = now + tick
-                        await self.run_pass(full=True, agents_changed=changed)
+                        await self.run_pass(full=True, agents_changed=False)
                     elif pending:
                         ids = [
                             int(env["conversation_id"])
@@ -1349,7 +1363,7 @@ class RoutingEngine:
                             and env.get("type") in ROUTABLE
                             and env.get("conversation_id")
                         ]
-                        await self.run_pass(full=False, conversations=ids, agents_changed=changed)
+                        await self.run_pass(full=False, conversations=ids, agents_changed=False)
                 except Exception:
                     log.exception("routing pass failed; retrying")
                     self._snapshot = None
@@ -1357,7 +1371,13 @@ class RoutingEngine:
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
+            if reload is not None:
+                reload.cancel()
             sub.close()
+
+    async def _load_candidates(self) -> dict[int, Candidate]:
+        async with self.rt.db.read() as session:
+            return await self._candidates(session)
 
 
 def engine_of(rt: Runtime) -> RoutingEngine:
