@@ -30,6 +30,9 @@ def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic narrates every plugin and step at INFO; its warnings and errors still show.
+    if logging.getLogger("alembic").getEffectiveLevel() < logging.WARNING:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _stop_event() -> asyncio.Event:
@@ -205,12 +208,15 @@ async def _demo(settings: Settings, simulate: bool) -> None:
         )
     )
     url = settings.public_url
+    ws_url = url.replace("http", "ws", 1)
     click.echo(
         f"""
 Contact center demo ({"seeded a new" if created else "using the existing"} demo organisation)
 
   API docs (OpenAPI)     {url}/schema
   Provider sandbox       {url}/demo/outbox   (what the demo's inboxes sent)
+  Web chat widget        {url}/demo/widget   (a customer's page with the widget)
+  Agent websocket        {ws_url}/ws/agent?token=...   (offers, live events: docs/agent-protocol.md)
   Health / metrics       {url}/readyz   {url}/metrics
   Email (SMTP)           {settings.smtp_host}:{settings.smtp_port}   to support@example.com
 
