@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, cast, insert, literal, select, text, update
+from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import String, Table, and_, bindparam, cast, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -169,26 +171,36 @@ class Ingestor:
             "key_prefix": active_key(msg.inbox_id, 0)[:-1],
             "needs_name": bool(msg.sender.display_name),
         }
+        if not self.db.is_sqlite:
+            params = {
+                **keys,
+                **values,
+                "extra": json.dumps(values["extra"]),
+                "payload": json.dumps(payload),
+            }
+            # One statement is its own transaction: sent straight to asyncpg, without the
+            # BEGIN and COMMIT round trips a SQLAlchemy transaction would add around it.
+            async with self.db.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                try:
+                    found = await driver.fetchrow(_HOT_PG_SQL, *(params[n] for n in _HOT_PG_NAMES))
+                except UniqueViolationError as exc:
+                    # A concurrent ingest stored it first: the caller's retry finds it.
+                    raise IntegrityError(_HOT_PG_SQL, None, exc) from exc
+            if found["dup_id"] is not None:
+                return IngestResult(
+                    found["dup_id"],
+                    found["dup_conversation_id"],
+                    found["dup_customer_id"] or 0,
+                    True,
+                )
+            if found["message_id"] is None:
+                return None
+            return IngestResult(
+                found["message_id"], found["conversation_id"], found["customer_id"], False
+            )
         async with self.db.engine.begin() as conn:
-            if not self.db.is_sqlite:
-                row = (
-                    await conn.execute(
-                        _HOT_PG,
-                        {
-                            **keys,
-                            **values,
-                            "extra": json.dumps(values["extra"]),
-                            "payload": json.dumps(payload),
-                        },
-                    )
-                ).one()
-                if row.dup_id is not None:
-                    return IngestResult(
-                        row.dup_id, row.dup_conversation_id, row.dup_customer_id or 0, True
-                    )
-                if row.message_id is None:
-                    return None
-                return IngestResult(row.message_id, row.conversation_id, row.customer_id, False)
             row = (await conn.execute(_HOT_LOOKUP, keys)).one()
             if row.dup_id is not None:
                 return IngestResult(
@@ -464,8 +476,7 @@ _HOT_LOOKUP = select(
 # row lock orders this against a concurrent resolve: under READ COMMITTED the status is
 # re-checked on the locked row); "msg" and the event follow only if it did. The row that comes
 # back tells the caller what happened (message_id NULL: take the general path).
-_HOT_PG = text(
-    """
+_HOT_PG = """
 WITH look AS (
     SELECT dup.id AS dup_id, dup.conversation_id AS dup_conversation_id,
         dup.customer_id AS dup_customer_id, ci.customer_id, cu.merged_into_id,
@@ -512,4 +523,19 @@ SELECT look.dup_id, look.dup_conversation_id, look.dup_customer_id, msg.id AS me
     msg.conversation_id, msg.customer_id, (SELECT count(*) FROM ev) AS events
 FROM look LEFT JOIN msg ON true
 """
-)
+
+
+def _positional(sql: str) -> tuple[str, list[str]]:
+    """``:name`` parameters as asyncpg's ``$n`` (each name once, in order of appearance)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return re.sub(r"(?<![:\w]):(\w+)", number, sql), names
+
+
+_HOT_PG_SQL, _HOT_PG_NAMES = _positional(_HOT_PG)
