@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
@@ -10,7 +11,15 @@ from sqlalchemy import func, select
 from contact_center.models import Agent, Conversation, ConversationStatus, Role, TeamMember
 from contact_center.runtime import Runtime
 from routing.engine import RoutingEngine, agent_loads, capacity_of, engine_of, set_presence
-from routing.models import Offer, OfferStatus, Presence, Queue, RoutingRule, RoutingTask
+from routing.models import (
+    ChannelClass,
+    Offer,
+    OfferStatus,
+    Presence,
+    Queue,
+    RoutingRule,
+    RoutingTask,
+)
 from tests.helpers import ingest, sms
 
 _phones = Counter[str]()
@@ -145,9 +154,13 @@ async def resolve(rt: Runtime, conversation_id: int) -> None:
         )
 
 
-async def check_invariants(rt: Runtime) -> None:
+async def check_invariants(
+    rt: Runtime, capacities: Mapping[int, Mapping[str, int]] | None = None
+) -> dict[int, dict[str, int]]:
     """What must hold whatever happened: no task with two pending offers, no conversation
-    with two live tasks, no agent over capacity on any channel class."""
+    with two live tasks, no agent over capacity on any channel class. ``capacities`` (agent ->
+    class -> capacity, when the caller knows them) saves loading every agent. Returns the
+    loads it checked."""
     async with rt.db.read() as session:
         doubled = (
             await session.execute(
@@ -168,7 +181,10 @@ async def check_invariants(rt: Runtime) -> None:
         ).all()
         assert live == []
         loads = await agent_loads(session)
-        agents = {a.id: a for a in (await session.scalars(select(Agent))).all()}
+        if capacities is None:
+            agents = (await session.scalars(select(Agent))).all()
+            capacities = {a.id: {cls: capacity_of(a, cls) for cls in ChannelClass} for a in agents}
         for agent_id, load in loads.items():
             for cls, used in load.items():
-                assert used <= capacity_of(agents[agent_id], cls), (agent_id, cls, used)
+                assert used <= capacities[agent_id][cls], (agent_id, cls, used)
+    return loads
