@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,14 @@ async def measure(url: str, levels: list[int], count: int, label: str) -> list[d
         statements += 1
 
     event.listen(rt.db.engine.sync_engine, "before_cursor_execute", count_statement)
+    # The PostgreSQL hot path sends its statement to asyncpg directly: count those too.
+    real_fetchrow = asyncpg.Connection.fetchrow
+
+    async def counted_fetchrow(self: Any, *args: Any, **kwargs: Any) -> Any:
+        count_statement()
+        return await real_fetchrow(self, *args, **kwargs)
+
+    asyncpg.Connection.fetchrow = counted_fetchrow  # type: ignore[method-assign]
     async with rt.db.write() as session:
         session.add(
             Inbox(
