@@ -8,12 +8,13 @@ On PostgreSQL both are the same engine.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -75,6 +76,33 @@ class Database:
         )
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._pool = pool
+        self._driver_pool: Any = None
+        self._driver_pool_lock = asyncio.Lock()
+
+    async def driver_pool(self) -> Any:
+        """PostgreSQL only: an asyncpg pool of its own for hot single statements.
+
+        A single statement is its own transaction, so it needs none of SQLAlchemy's BEGIN,
+        COMMIT and pre-ping round trips: one round trip per call. A connection the server
+        dropped raises ``asyncpg.InterfaceError`` or ``ConnectionDoesNotExistError`` once and is
+        replaced; callers treat that like any transient database error.
+        """
+        if self.is_sqlite:
+            raise RuntimeError("the driver pool is for PostgreSQL")
+        if self._driver_pool is None:
+            async with self._driver_pool_lock:
+                if self._driver_pool is None:
+                    import asyncpg
+
+                    url = make_url(self.url).set(drivername="postgresql")
+                    self._driver_pool = await asyncpg.create_pool(
+                        url.render_as_string(hide_password=False),
+                        min_size=1 if self._pool else 0,
+                        max_size=20 if self._pool else 1,
+                        max_inactive_connection_lifetime=60,
+                    )
+        return self._driver_pool
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -105,6 +133,9 @@ class Database:
             )
 
     async def dispose(self) -> None:
+        if self._driver_pool is not None:
+            pool, self._driver_pool = self._driver_pool, None
+            await pool.close()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()

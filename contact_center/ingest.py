@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from asyncpg.exceptions import UniqueViolationError
+from asyncpg.exceptions import (
+    ConnectionDoesNotExistError,
+    InterfaceError,
+    UniqueViolationError,
+)
 from sqlalchemy import String, Table, and_, bindparam, cast, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -178,16 +182,23 @@ class Ingestor:
                 "extra": json.dumps(values["extra"]),
                 "payload": json.dumps(payload),
             }
-            # One statement is its own transaction: sent straight to asyncpg, without the
-            # BEGIN and COMMIT round trips a SQLAlchemy transaction would add around it.
-            async with self.db.engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
+            # One statement is its own transaction: sent on the driver's own pool, without
+            # the BEGIN, COMMIT and pre-ping round trips of a SQLAlchemy transaction.
+            pool = await self.db.driver_pool()
+            args = [params[n] for n in _HOT_PG_NAMES]
+            try:
                 try:
-                    found = await driver.fetchrow(_HOT_PG_SQL, *(params[n] for n in _HOT_PG_NAMES))
-                except UniqueViolationError as exc:
-                    # A concurrent ingest stored it first: the caller's retry finds it.
-                    raise IntegrityError(_HOT_PG_SQL, None, exc) from exc
+                    found = await pool.fetchrow(_HOT_PG_SQL, *args)
+                except (InterfaceError, ConnectionDoesNotExistError):
+                    # The server dropped a pooled connection (a restart); the pool replaces
+                    # it. Running again is safe: had the first run committed, the dedupe
+                    # part of the statement now finds the message.
+                    log.info("ingest: database connection lost, running the statement again")
+                    await pool.expire_connections()  # the others are likely gone too
+                    found = await pool.fetchrow(_HOT_PG_SQL, *args)
+            except UniqueViolationError as exc:
+                # A concurrent ingest stored it first: the caller's retry finds it.
+                raise IntegrityError(_HOT_PG_SQL, None, exc) from exc
             if found["dup_id"] is not None:
                 return IngestResult(
                     found["dup_id"],
@@ -493,11 +504,14 @@ WITH look AS (
 ), conv AS (
     UPDATE conversations SET last_message_at = CAST(:created_at AS TIMESTAMPTZ),
         updated_at = CAST(:created_at AS TIMESTAMPTZ)
-    FROM look
-    WHERE conversations.id = look.conversation_id AND conversations.status = 'open'
-        AND look.dup_id IS NULL AND look.merged_into_id IS NULL
-        AND (look.customer_name <> '' OR NOT CAST(:needs_name AS BOOLEAN))
-    RETURNING conversations.id, look.customer_id
+    WHERE conversations.status = 'open' AND conversations.id = (
+        -- A scalar subquery, so the row is found by its primary key (a join with the CTE
+        -- lets the planner walk every open conversation instead).
+        SELECT look.conversation_id FROM look
+        WHERE look.dup_id IS NULL AND look.merged_into_id IS NULL
+            AND (look.customer_name <> '' OR NOT CAST(:needs_name AS BOOLEAN))
+    )
+    RETURNING conversations.id, conversations.customer_id
 ), msg AS (
     INSERT INTO messages (conversation_id, inbox_id, direction, author_type, customer_id,
         private, text, html, subject, provider_message_id, delivery_status, send_attempts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage, UnknownInbox
@@ -83,6 +83,31 @@ async def test_concurrent_duplicates_from_a_known_sender_store_exactly_one(rt: R
             await session.scalars(select(DomainEvent).where(DomainEvent.type == "message.created"))
         ).all()
     assert len(created) == 2
+
+
+async def test_hot_path_survives_the_server_dropping_its_connections(rt: Runtime) -> None:
+    if rt.db.is_sqlite:
+        pytest.skip("PostgreSQL's connections (SQLite has none to lose)")
+    await make_inbox(rt)
+    await ingest(rt, sms("one", sid="SM1"))
+    await ingest(rt, sms("two", sid="SM2"))  # the known-sender path: the driver's pool
+    pool = await rt.db.driver_pool()
+    # What a database restart does to every pooled connection.
+    async with rt.db.engine.connect() as conn:
+        killed = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert killed and killed >= pool.get_size()
+    third = await ingest(rt, sms("three", sid="SM3"))
+    assert not third.duplicate
+    again = await ingest(rt, sms("three", sid="SM3"))
+    assert again.duplicate and again.message_id == third.message_id
+    async with rt.db.read() as session:
+        texts = (await session.scalars(select(Message.text).order_by(Message.id))).all()
+    assert texts == ["one", "two", "three"]
 
 
 async def test_message_event_describes_the_stored_message(rt: Runtime) -> None:
