@@ -10,9 +10,10 @@ A dedicated database ``cc_bench_routing`` is created, migrated and dropped again
    agent is there); then the engine runs passes until every conversation is assigned. The
    queue auto-accepts, so an assignment is one committed offer + assignment. Reported:
    assignments per second over the drain (task creation timed apart).
-2. *Latency*: with the relay and the engine running as the scheduler runs them (woken by the
-   bus) and agents free, conversations arrive one by one; the time from the ingest's commit to
-   the moment the offer event reaches the bus is measured, p50 and p99.
+2. *Latency*: with the scheduler (relay and engine) running as it is deployed, in its own
+   process with the bus on Redis, and agents free, conversations arrive one by one (50 per
+   second) in this process; the time from the ingest's commit to the moment the offer event
+   reaches this process over the bus is measured, p50 and p99.
 3. *Baseline*: single-row ``UPDATE ... ; COMMIT`` on ``agent_status`` with the same driver and
    pool, at concurrency 1 and 8.
 """
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis import Redis
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,7 @@ from routing.models import Presence, Queue, RoutingTask  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PG_DB = "cc_bench_routing"
+REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 async def recreate(drop_only: bool = False) -> None:
@@ -168,14 +171,20 @@ async def backlog(rt: Runtime, agents: list[int], waiting: int) -> dict[str, Any
     }
 
 
-async def latency(rt: Runtime, count: int) -> dict[str, Any]:
-    """Arrival (ingest committed) to offer event on the bus, with the scheduler running."""
+async def latency(rt: Runtime, count: int, url: str) -> dict[str, Any]:
+    """Arrival (ingest committed) to offer event on the bus, with the scheduler running as it
+    is deployed: its own process (``contact-center scheduler``), the bus and its wake-ups on
+    Redis. Arrivals and the clock are in this process."""
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
     live = await rt.bus.subscribe(EVENTS_CHANNEL)
-    stop = asyncio.Event()
-    scheduler = build_scheduler(rt)
-    runner = asyncio.create_task(scheduler.run(stop))
+    env = {**os.environ, "CC_DATABASE_URL": url, "CC_REDIS_URL": REDIS_URL}
+    scheduler = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "contact-center"),
+        "scheduler",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
 
     async def listen() -> None:
         while True:
@@ -188,26 +197,28 @@ async def latency(rt: Runtime, count: int) -> dict[str, Any]:
                 seen.setdefault(conv, time.perf_counter())
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(2.0)  # the scheduler takes the lead and settles
-    for i in range(count):
-        result = await rt.ingestor.ingest(
-            InboundMessage(
-                inbox_id="sms",
-                provider_message_id=f"L{i}",
-                sender=IdentityRef.of("phone", f"+1650{i:07d}"),
-                text="Hello, are you there?",
+    try:
+        await asyncio.sleep(5.0)  # the scheduler starts, takes the lead and settles
+        for i in range(count):
+            result = await rt.ingestor.ingest(
+                InboundMessage(
+                    inbox_id="sms",
+                    provider_message_id=f"L{i}",
+                    sender=IdentityRef.of("phone", f"+1650{i:07d}"),
+                    text="Hello, are you there?",
+                )
             )
-        )
-        sent[result.conversation_id] = time.perf_counter()
-        await rt.committed()
-        await asyncio.sleep(0.02)  # 50 arrivals per second
-    deadline = time.perf_counter() + 30
-    while any(c not in seen for c in sent) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait([runner], timeout=10)
-    listener.cancel()
-    live.close()
+            sent[result.conversation_id] = time.perf_counter()
+            await rt.committed()
+            await asyncio.sleep(0.02)  # 50 arrivals per second
+        deadline = time.perf_counter() + 30
+        while any(c not in seen for c in sent) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.terminate()
+        await scheduler.wait()
+        listener.cancel()
+        live.close()
     waits = sorted((seen[c] - t) * 1000 for c, t in sent.items() if c in seen)
     return {
         "arrivals": count,
@@ -244,8 +255,9 @@ async def main() -> None:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
     try:
         await asyncio.to_thread(migrate, url)
+        Redis.from_url(REDIS_URL).flushdb()
         settings = load_settings(
-            database_url=url, data_dir=Path(tempfile.mkdtemp()), redis_url=None
+            database_url=url, data_dir=Path(tempfile.mkdtemp()), redis_url=REDIS_URL
         )
         rt = await build_runtime(settings)
         try:
@@ -267,12 +279,13 @@ async def main() -> None:
             relay = build_scheduler(rt).relay
             while await relay.run_once():
                 pass
-            result["latency"] = await latency(rt, 300 if not args.quick else 100)
+            result["latency"] = await latency(rt, 300 if not args.quick else 100, url)
             print(json.dumps(result["latency"]), flush=True)
         finally:
             await rt.close()
     finally:
         await recreate(drop_only=True)
+        Redis.from_url(REDIS_URL).flushdb()
     pg_version = await common.pg_version()
     result["machine"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

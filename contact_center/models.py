@@ -388,6 +388,15 @@ class DomainEvent(Base):
     """
 
     __tablename__ = "domain_events"
+    __table_args__ = (
+        # The relay's "next events to number": only the few not yet sequenced are indexed.
+        Index(
+            "ix_domain_events_unsequenced",
+            "id",
+            sqlite_where=text("position IS NULL"),
+            postgresql_where=text("position IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
     position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     type: Mapped[str] = mapped_column(String(64))

@@ -14,6 +14,7 @@ Two steps, each its own transaction, so a crash anywhere loses nothing:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,30 @@ BATCH = 500
 STATE = "main"
 
 
+# Number the next events without a position, in id order, after ``$1``; returns the last
+# position given (NULL when there was nothing to number).
+_SEQUENCE_PG = """
+WITH pending AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n
+    FROM domain_events WHERE position IS NULL ORDER BY id LIMIT $2
+), numbered AS (
+    UPDATE domain_events AS d SET position = $1 + pending.n
+    FROM pending WHERE d.id = pending.id AND d.position IS NULL
+    RETURNING d.position
+)
+SELECT max(position) FROM numbered
+"""
+
+# The mark as a scalar subquery, so the planner walks the position index from it (a join
+# with relay_state sorted the whole table).
+_PENDING_PG = """
+SELECT position, type, payload, conversation_id, customer_id, agent_id
+FROM domain_events
+WHERE position > (SELECT published FROM relay_state WHERE name = $1)
+ORDER BY position LIMIT $2
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class JobSubscription:
     job: str
@@ -48,6 +73,8 @@ class Relay:
         self.subscriptions = subscriptions
 
     async def sequence(self) -> int:
+        if not self.rt.db.is_sqlite:
+            return await self._sequence_pg()
         async with self.rt.db.write() as session:
             state = await session.get(RelayState, STATE, with_for_update=True)
             if state is None:
@@ -67,35 +94,88 @@ class Relay:
                 event.position = state.sequenced
             return len(pending)
 
-    async def publish(self) -> int:
+    async def _sequence_pg(self) -> int:
+        """``sequence`` on PostgreSQL: the same steps as statements on the driver's pool (no
+        ORM, no pre-ping), in one transaction. The state row is locked first; the UPDATE that
+        numbers the events is a later statement, so (READ COMMITTED) it sees every event a
+        relay that held the lock before us has numbered."""
+        pool = await self.rt.db.driver_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            sequenced = await conn.fetchval(
+                "SELECT sequenced FROM relay_state WHERE name = $1 FOR UPDATE", STATE
+            )
+            if sequenced is None:
+                await conn.execute(
+                    "INSERT INTO relay_state (name, sequenced, published) VALUES ($1, 0, 0)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    STATE,
+                )
+                sequenced = await conn.fetchval(
+                    "SELECT sequenced FROM relay_state WHERE name = $1 FOR UPDATE", STATE
+                )
+            last = await conn.fetchval(_SEQUENCE_PG, sequenced, BATCH)
+            if last is None:
+                return 0
+            await conn.execute("UPDATE relay_state SET sequenced = $2 WHERE name = $1", STATE, last)
+            return int(last - sequenced)
+
+    async def _pending(self) -> list[dict[str, Any]]:
+        """Envelopes of the sequenced events after the published mark, in position order."""
+        if not self.rt.db.is_sqlite:
+            pool = await self.rt.db.driver_pool()
+            rows = await pool.fetch(_PENDING_PG, STATE, BATCH)
+            return [
+                {
+                    "type": r["type"],
+                    "id": r["position"],
+                    "data": json.loads(r["payload"]),
+                    "conversation_id": r["conversation_id"],
+                    "customer_id": r["customer_id"],
+                    "agent_id": r["agent_id"],
+                }
+                for r in rows
+            ]
         async with self.rt.db.read() as session:
             state = await session.get(RelayState, STATE)
             if state is None:
-                return 0
-            published = state.published
+                return []
             batch = (
                 await session.scalars(
                     select(DomainEvent)
-                    .where(DomainEvent.position > published)
+                    .where(DomainEvent.position > state.published)
                     .order_by(DomainEvent.position)
                     .limit(BATCH)
                 )
             ).all()
+        return [envelope(event) for event in batch]
+
+    async def publish(self) -> int:
+        batch = await self._pending()
         if not batch:
             return 0
-        for event in batch:
-            env = envelope(event)
+        # Everything to the bus first (agents and wallboards wait on it), then the jobs.
+        for env in batch:
             await self.rt.bus.publish(EVENTS_CHANNEL, env)
+        for env in batch:
             for sub in self.subscriptions:
                 if sub.matches(env):
                     await self.rt.jobs.enqueue(sub.job, sub.payload(env), key=sub.key(env))
-        last = batch[-1].position
-        assert last is not None
+        await self._mark_published(batch[-1]["id"])
+        return len(batch)
+
+    async def _mark_published(self, last: int) -> None:
+        if not self.rt.db.is_sqlite:
+            pool = await self.rt.db.driver_pool()
+            await pool.execute(
+                "UPDATE relay_state SET published = GREATEST(published, $2) WHERE name = $1",
+                STATE,
+                last,
+            )
+            return
         async with self.rt.db.write() as session:
             state = await session.get(RelayState, STATE, with_for_update=True)
             assert state is not None
             state.published = max(state.published, last)
-        return len(batch)
 
     async def run_once(self) -> int:
         """Sequence and publish everything committed so far. Returns events published."""

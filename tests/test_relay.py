@@ -108,11 +108,11 @@ async def test_crash_before_the_mark_moves_republishes_with_same_positions(
     crashing = Relay(rt, subscriptions())
     assert await crashing.sequence() == count
 
-    def crash() -> Any:
+    async def crash(last: int) -> None:
         raise RuntimeError("process died before the published mark moved")
 
     with monkeypatch.context() as patch:
-        patch.setattr(rt.db, "write", crash)
+        patch.setattr(crashing, "_mark_published", crash)
         with pytest.raises(RuntimeError, match="process died"):
             await crashing.publish()
     before_crash = await receive(sub, count)  # they did go out
