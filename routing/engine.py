@@ -62,6 +62,7 @@ PRIORITY_STEP = 300.0  # seconds of waiting one priority level is worth
 PAGE = 500
 OFFER_BATCH = 200  # offers committed per transaction
 SNAPSHOT_SECONDS = 5.0  # the longest the engine plans on an unreloaded picture of the agents
+SWEEP_SECONDS = 10.0  # the reconcile sweep (a safety net for missed events) in the run loop
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
@@ -1294,16 +1295,19 @@ class RoutingEngine:
         full: bool = True,
         conversations: list[int] | None = None,
         agents_changed: bool = True,
+        sweep: bool = True,
     ) -> int:
-        """One routing pass. ``full`` also runs the time-driven work (offer expiry, overflow,
-        disconnects) and the reconcile sweep; otherwise only the conversations named get
-        tasks. Then every waiting task that can be matched is offered. Returns offers made."""
+        """One routing pass. ``full`` runs the time-driven work (offer expiry, overflow,
+        disconnects) and, with ``sweep``, the reconcile sweep; the conversations named get
+        tasks either way. Then every waiting task that can be matched is offered. Returns
+        offers made."""
         if full:
-            await self.reconcile()
+            if sweep:
+                await self.reconcile()
             await self.expire_offers()
             await self.overflow()
             await self.disconnects()
-        elif conversations:
+        if conversations:
             await self.enqueue_many(conversations)
         made = 0
         planned = await self.plan(refresh=agents_changed)
@@ -1316,7 +1320,8 @@ class RoutingEngine:
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop``. Events on the bus wake a quick pass for the conversations
         they name (new, reopened, unassigned); every tick a full pass (offer expiry,
-        overflow, disconnects, reconcile) runs regardless. The picture of the agents is
+        overflow, disconnects) runs regardless, with the reconcile sweep every SWEEP_SECONDS
+        (and first). The picture of the agents is
         reloaded in the background (passes go on with the old one meanwhile) after events
         that change agents and at least every SNAPSHOT_SECONDS; a finished reload wakes a
         pass of its own."""
@@ -1325,7 +1330,7 @@ class RoutingEngine:
         tick = self.settings.routing_tick_seconds
         loop = asyncio.get_running_loop()
         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
-        next_full = next_snapshot = 0.0
+        next_full = next_snapshot = next_sweep = 0.0
         reload: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
 
@@ -1341,7 +1346,7 @@ class RoutingEngine:
                     if sub.lagged:  # we missed events: resubscribe; full pass, fresh picture
                         sub.close()
                         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
-                        next_full = next_snapshot = now
+                        next_full = next_snapshot = next_sweep = now
                     changed = any(
                         channel == WAKE_CHANNEL or frees_or_changes_agents(env)
                         for channel, env in pending
@@ -1352,21 +1357,29 @@ class RoutingEngine:
                     elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
                         next_snapshot = now + SNAPSHOT_SECONDS
                         reload = asyncio.create_task(reload_snapshot(sub))
+                    # The conversations the events name get their tasks in this pass, full
+                    # or quick (the sweep is only a safety net, every SWEEP_SECONDS).
+                    ids = [
+                        int(env["conversation_id"])
+                        for channel, env in pending
+                        if channel == EVENTS_CHANNEL
+                        and env.get("type") in ROUTABLE
+                        and env.get("conversation_id")
+                    ]
                     if now >= next_full:
                         next_full = now + tick
-                        await self.run_pass(full=True, agents_changed=False)
+                        sweep = now >= next_sweep
+                        if sweep:
+                            next_sweep = now + SWEEP_SECONDS
+                        await self.run_pass(
+                            full=True, conversations=ids, agents_changed=False, sweep=sweep
+                        )
                     elif pending:
-                        ids = [
-                            int(env["conversation_id"])
-                            for channel, env in pending
-                            if channel == EVENTS_CHANNEL
-                            and env.get("type") in ROUTABLE
-                            and env.get("conversation_id")
-                        ]
                         await self.run_pass(full=False, conversations=ids, agents_changed=False)
                 except Exception:
                     log.exception("routing pass failed; retrying")
                     self._snapshot = None
+                    next_sweep = 0.0  # the events of the failed pass: the sweep finds them
                     await asyncio.sleep(1)
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()

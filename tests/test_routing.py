@@ -477,6 +477,39 @@ async def test_closed_or_assigned_conversations_leave_the_queue(
         await engine(rt).answer(offer.id, a, accept=True)
 
 
+async def test_arrivals_during_full_passes_are_offered_without_the_sweep(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass a full one (tick 0) and the reconcile sweep only at the start: the events
+    that wake a full pass still get their conversations routed (not left for the sweep)."""
+    import asyncio
+
+    import routing.engine as engine_module
+    from contact_center.wiring import build_scheduler
+
+    monkeypatch.setattr(rt.settings, "routing_tick_seconds", 0.0)
+    monkeypatch.setattr(engine_module, "SWEEP_SECONDS", 3600.0)
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True)
+    agent = await make_agent(rt, "Agent", capacity={"chat": 5})
+    stop = asyncio.Event()
+    runner = asyncio.create_task(build_scheduler(rt).run(stop))
+    try:
+        await asyncio.sleep(0.3)  # the first pass (and its sweep) is done
+        conversations = []
+        for n in range(3):
+            conversations.append(await arrive(rt, f"hello {n}"))
+            await rt.committed()
+        async with asyncio.timeout(10):
+            while None in [await offer_for(rt, c) for c in conversations]:
+                await asyncio.sleep(0.02)
+        offers = [await offer_for(rt, c) for c in conversations]
+        assert {o.agent_id for o in offers if o is not None} == {agent}
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+
+
 async def test_the_running_engine_reacts_to_arrivals_and_presence(rt: Runtime) -> None:
     """The scheduler's loop (relay + engine woken by the bus), not hand-driven passes: a
     conversation that arrives is offered, and an agent who becomes available gets the one
