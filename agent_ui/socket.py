@@ -20,7 +20,7 @@ from litestar.exceptions import WebSocketDisconnect
 from sqlalchemy import func, select
 
 from contact_center.api.common import visibility
-from contact_center.auth import agent_for_token, credentials_from
+from contact_center.auth import REVOKED_CHANNEL, agent_for_token, credentials_from
 from contact_center.models import Agent, Conversation, DomainEvent, Role
 from contact_center.outbound import ReplyError, reply
 from contact_center.relay import EVENTS_CHANNEL
@@ -74,6 +74,7 @@ class AgentSession:
         self.socket = socket
         self.agent = agent
         self.sent_upto = 0
+        self.token_id = 0
         self.bucket = Bucket(RATE, BURST)
         self._visible: dict[int, bool] = {}
         self._send_lock = asyncio.Lock()
@@ -311,10 +312,11 @@ async def agent_socket(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.accept()
         await socket.close(code=4401, reason="sign in first (token invalid, expired or revoked)")
         return
-    agent = found[0]
+    agent, auth = found
     await socket.accept()
     session = AgentSession(rt, socket, agent)
-    live = await rt.bus.subscribe(EVENTS_CHANNEL, TYPING_CHANNEL)
+    session.token_id = auth.id
+    live = await rt.bus.subscribe(EVENTS_CHANNEL, TYPING_CHANNEL, REVOKED_CHANNEL)
     try:
         await session.heartbeat()
         async with rt.db.read() as db:
@@ -347,7 +349,11 @@ async def _pump(session: AgentSession, live: Any) -> None:
                 await socket.close(code=4008, reason="lagged; reconnect and resume")
                 return
             channel, message = item
-            if channel == TYPING_CHANNEL:
+            if channel == REVOKED_CHANNEL:
+                if message.get("token_id") == session.token_id:
+                    await socket.close(code=4401, reason="signed out")
+                    return
+            elif channel == TYPING_CHANNEL:
                 if message.get("from") == "customer" and await session.may_see(
                     message.get("conversation_id")
                 ):

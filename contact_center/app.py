@@ -17,8 +17,8 @@ from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.exc import DBAPIError
 
 import channels
+from agent_ui import console, widget
 from agent_ui import socket as agent_socket
-from agent_ui import widget
 from contact_center import __version__
 from contact_center.api.admin import AgentController, InboxController, TeamController
 from contact_center.api.auth import AuthController
@@ -45,6 +45,7 @@ PUBLIC_PATHS = [
     "^/ws/agent",  # authenticates itself, to close with a clear code
     "^/widget.js",
     "^/demo/",
+    "^/agent",  # the console's pages check the session cookie themselves
 ]
 
 
@@ -118,6 +119,7 @@ def create_app(
             TeamController,
             *channels.route_handlers(),
             *widget.route_handlers,
+            *console.route_handlers,
             *agent_socket.route_handlers,
             *routing_api.route_handlers,
             *(extra_route_handlers or []),

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from contact_center.runtime import Runtime
 
 SESSION_COOKIE = "cc_session"
+CSRF_COOKIE = "cc_csrf"
+CSRF_HEADER = "x-csrf-token"
+REVOKED_CHANNEL = "auth.revoked"  # bus: {"token_id": N} when a session or token is revoked
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _hasher = PasswordHasher()
 # Verifying against a real hash when the email is unknown keeps response times alike.
 _DUMMY_HASH = _hasher.hash("not-a-password")
@@ -89,6 +93,15 @@ async def agent_for_token(rt: Runtime, token: str) -> tuple[Agent, AuthToken] | 
     return agent, auth
 
 
+async def revoke(rt: Runtime, token_id: int) -> None:
+    """End a token or session: it no longer authenticates, and its open websockets close."""
+    async with rt.db.write() as session:
+        row = await session.get(AuthToken, token_id, with_for_update=True)
+        if row is not None and row.revoked_at is None:
+            row.revoked_at = rt.clock.now()
+    await rt.bus.publish(REVOKED_CHANNEL, {"token_id": token_id})
+
+
 def credentials_from(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -102,6 +115,19 @@ def credentials_from(connection: ASGIConnection[Any, Any, Any, Any]) -> str | No
     return token or connection.cookies.get(SESSION_COOKIE)
 
 
+def csrf_ok(connection: ASGIConnection[Any, Any, Any, Any], submitted: str | None) -> bool:
+    """Double submit: the value sent with the form or header equals the ``cc_csrf`` cookie
+    (which another site can neither read nor set)."""
+    cookie = connection.cookies.get(CSRF_COOKIE)
+    return bool(cookie and submitted and secrets.compare_digest(cookie, submitted))
+
+
+def by_cookie(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the request's credentials are the session cookie (a browser sends it by itself)."""
+    header = connection.headers.get("authorization", "")
+    return not header.lower().startswith("bearer ") and bool(connection.cookies.get(SESSION_COOKIE))
+
+
 class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -109,6 +135,15 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
         token = credentials_from(connection)
         if not token:
             raise NotAuthorizedException("sign in first: send Authorization: Bearer <token>")
+        if (
+            connection.scope["type"] == ScopeType.HTTP
+            and connection.scope.get("method", "GET") not in SAFE_METHODS
+            and by_cookie(connection)
+            and not csrf_ok(connection, connection.headers.get(CSRF_HEADER))
+        ):
+            # The browser sent the session cookie by itself: the request must also prove it
+            # comes from our page (cross-site request forgery otherwise).
+            raise PermissionDeniedException("missing or wrong X-CSRF-Token header")
         rt: Runtime = connection.app.state.runtime
         found = await agent_for_token(rt, token)
         if found is None:

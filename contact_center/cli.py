@@ -213,6 +213,7 @@ async def _demo(settings: Settings, simulate: bool) -> None:
         f"""
 Contact center demo ({"seeded a new" if created else "using the existing"} demo organisation)
 
+  Agent console          {url}/agent   (sign in as an agent below)
   API docs (OpenAPI)     {url}/schema
   Provider sandbox       {url}/demo/outbox   (what the demo's inboxes sent)
   Web chat widget        {url}/demo/widget   (a customer's page with the widget)

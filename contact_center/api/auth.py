@@ -14,6 +14,7 @@ from contact_center.auth import (
     LoginThrottle,
     authenticate_password,
     issue_token,
+    revoke,
 )
 from contact_center.models import AuthToken
 from contact_center.views import agent_view
@@ -54,14 +55,11 @@ class AuthController(Controller):
 
     @post("/logout", status_code=200)
     async def logout(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """Revoke the token used for this request."""
+        """Revoke the token used for this request (its websockets close)."""
         rt = runtime_of(request)
         auth = request.auth
         assert isinstance(auth, AuthToken)
-        async with rt.db.write() as session:
-            row = await session.get(AuthToken, auth.id)
-            if row is not None and row.revoked_at is None:
-                row.revoked_at = rt.clock.now()
+        await revoke(rt, auth.id)
         return {"ok": True}
 
     @get("/me")

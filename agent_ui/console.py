@@ -1,0 +1,207 @@
+"""The agent console at ``/agent``: sign-in, sign-out and the console page.
+
+Server-rendered Jinja2 pages (autoescaped) with small static ES modules, no build step. The
+session is an ``AuthToken`` of kind ``session`` in the ``cc_session`` cookie (HttpOnly,
+SameSite=Lax, Secure on https); the console's websocket and API calls carry it. Every
+state-changing request authenticated by that cookie must also carry the ``cc_csrf`` cookie's
+value (a form field here, the ``X-CSRF-Token`` header on the API: see ``auth.py``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotFoundException
+from litestar.params import Body, FromPath
+from litestar.response import Redirect
+
+from contact_center.api.auth import throttle
+from contact_center.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    agent_for_token,
+    authenticate_password,
+    csrf_ok,
+    issue_token,
+    revoke,
+)
+from contact_center.runtime import Runtime
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+)
+# What the console's pages may load: only this origin (no inline script at all).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class LoginForm(msgspec.Struct):
+    email: str = ""
+    password: str = ""
+    csrf: str = ""
+
+
+class CsrfForm(msgspec.Struct):
+    csrf: str = ""
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def _secure(request: Request[Any, Any, Any]) -> bool:
+    return request.url.scheme == "https"
+
+
+def _csrf_cookie(request: Request[Any, Any, Any]) -> tuple[str, list[Cookie]]:
+    """The request's CSRF value, or a new one with the cookie that sets it."""
+    value = request.cookies.get(CSRF_COOKIE)
+    if value and 20 <= len(value) <= 100:
+        return value, []
+    value = secrets.token_urlsafe(32)
+    cookie = Cookie(
+        key=CSRF_COOKIE,
+        value=value,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    return value, [cookie]
+
+
+def _page(name: str, status: int = 200, cookies: list[Cookie] | None = None, **ctx: Any) -> Any:
+    return Response(
+        templates.get_template(name).render(**ctx),
+        media_type="text/html; charset=utf-8",
+        status_code=status,
+        headers=PAGE_HEADERS,
+        cookies=cookies or [],
+    )
+
+
+@get("/agent/login", include_in_schema=False)
+async def login_page(request: Request[Any, Any, Any]) -> Response[str]:
+    csrf, cookies = _csrf_cookie(request)
+    return _page("login.html", cookies=cookies, csrf=csrf, error=None, email="")  # type: ignore[no-any-return]
+
+
+@post("/agent/login", include_in_schema=False, status_code=303)
+async def login(
+    request: Request[Any, Any, Any],
+    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Any:
+    rt = _runtime(request)
+    csrf, cookies = _csrf_cookie(request)
+    email = data.email.strip().lower()[:254]
+    if not csrf_ok(request, data.csrf):
+        return _page(
+            "login.html",
+            403,
+            cookies,
+            csrf=csrf,
+            email=email,
+            error="Your sign-in form expired. Please try again.",
+        )
+    client = request.client.host if request.client else "?"
+    keys = (f"email:{email}", f"ip:{client}")
+    if throttle.blocked(*keys):
+        return _page(
+            "login.html",
+            429,
+            cookies,
+            csrf=csrf,
+            email=email,
+            error="Too many failed sign-ins. Wait a few minutes and try again.",
+        )
+    async with rt.db.write() as session:
+        agent = await authenticate_password(session, email, data.password[:1024])
+        if agent is None:
+            throttle.failed(*keys)
+            return _page(
+                "login.html", 401, cookies, csrf=csrf, email=email, error="Wrong email or password."
+            )
+        token = await issue_token(session, agent, rt=rt, kind="session")
+    throttle.succeeded(keys[0])
+    return Redirect(
+        "/agent",
+        status_code=303,
+        cookies=[
+            Cookie(
+                key=SESSION_COOKIE,
+                value=token,
+                path="/",
+                httponly=True,
+                samesite="lax",
+                secure=_secure(request),
+                max_age=rt.settings.token_ttl_hours * 3600,
+            ),
+            *cookies,
+        ],
+    )
+
+
+@post("/agent/logout", include_in_schema=False, status_code=303)
+async def logout(
+    request: Request[Any, Any, Any],
+    data: Annotated[CsrfForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Any:
+    rt = _runtime(request)
+    if not csrf_ok(request, data.csrf):
+        return Response("the form expired; reload the page", status_code=403)
+    token = request.cookies.get(SESSION_COOKIE)
+    found = await agent_for_token(rt, token) if token else None
+    if found is not None:
+        await revoke(rt, found[1].id)
+    return Redirect(
+        "/agent/login",
+        status_code=303,
+        cookies=[Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)],
+    )
+
+
+@get("/agent", include_in_schema=False)
+async def console_page(request: Request[Any, Any, Any]) -> Any:
+    rt = _runtime(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    found = await agent_for_token(rt, token) if token else None
+    if found is None:
+        return Redirect("/agent/login", status_code=303)
+    agent = found[0]
+    csrf, cookies = _csrf_cookie(request)
+    return _page("console.html", cookies=cookies, csrf=csrf, agent=agent)
+
+
+ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+
+
+@get("/agent/static/{name:str}", include_in_schema=False, sync_to_thread=False)
+def static_file(name: FromPath[str]) -> Response[bytes]:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise NotFoundException("no such file")
+    return Response(
+        (STATIC / name).read_bytes(),
+        media_type=media_type,
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+route_handlers = [login_page, login, logout, console_page, static_file]

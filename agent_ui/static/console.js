@@ -1,0 +1,339 @@
+// The agent console: one websocket (/ws/agent, protocol in docs/agent-protocol.md) for live
+// events and actions, the REST API for reading conversations. Customer content is only ever
+// put into the page as text (textContent), never as HTML.
+
+const body = document.body;
+const me = Number(body.dataset.agentId);
+const csrf = body.dataset.csrf;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  socket: null,
+  lastEventId: null, // the position of the last event handled: the resume point
+  retry: 0,
+  clockSkew: 0, // server time minus local time, from hello
+  offers: new Map(), // offer_id -> {data, element}
+  conversations: new Map(), // conversation_id -> {element, unread, name, channel}
+  open: null, // the conversation shown
+  shown: new Set(), // message ids in the timeline
+  pending: new Map(), // client_id -> frame not yet acknowledged (resent after a reconnect)
+};
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if (options.body) headers["Content-Type"] = "application/json";
+  if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = csrf;
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
+  if (response.status === 401) location.assign("/agent/login");
+  if (!response.ok) throw new Error(`${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+// --- websocket ------------------------------------------------------------------------
+
+function connect() {
+  const url = new URL("/ws/agent", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (state.lastEventId !== null) url.searchParams.set("last_event_id", state.lastEventId);
+  const socket = new WebSocket(url);
+  state.socket = socket;
+  window.ccConsole.socket = socket;
+  setLink("connecting");
+  socket.onmessage = (event) => {
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    handle(frame);
+  };
+  socket.onclose = (event) => {
+    if (state.socket !== socket) return;
+    setLink("closed");
+    if (event.code === 4401) {
+      location.assign("/agent/login");
+      return;
+    }
+    const delay = Math.min(10000, 500 * 2 ** state.retry) * (0.75 + Math.random() / 2);
+    state.retry += 1;
+    setTimeout(connect, delay);
+  };
+}
+
+function send(frame) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify(frame));
+    return true;
+  }
+  return false;
+}
+
+function setLink(linkState) {
+  const link = $("link");
+  link.dataset.state = linkState;
+  link.textContent = { open: "live", closed: "reconnecting…", connecting: "connecting…" }[linkState];
+}
+
+function handle(frame) {
+  if (typeof frame.id === "number") {
+    if (state.lastEventId !== null && frame.id <= state.lastEventId) return; // seen
+    state.lastEventId = frame.id;
+  }
+  const data = frame.data || {};
+  switch (frame.type) {
+    case "hello":
+      state.retry = 0;
+      setLink("open");
+      state.clockSkew = Date.parse(data.server_time) - Date.now();
+      if (state.lastEventId === null) {
+        state.lastEventId = data.last_event_id;
+        loadConversations();
+      }
+      $("presence").value = data.presence ? data.presence.state : "offline";
+      for (const frame of state.pending.values()) send(frame); // the same client ids: no doubles
+      break;
+    case "ack":
+      if (data.for === "presence.set") $("presence").value = data.state;
+      if (data.for === "message.send") state.pending.delete(data.client_id);
+      break;
+    case "error":
+      if (data.for === "message.send" || data.for === "offer.accept") notice(data.message || data.code);
+      break;
+    case "offer":
+      showOffer(data);
+      break;
+    case "offer.accepted":
+    case "offer.declined":
+    case "offer.expired":
+    case "offer.withdrawn":
+      dropOffer(data.offer_id);
+      break;
+    case "presence.updated":
+      if (data.agent_id === me) $("presence").value = data.state;
+      break;
+    case "conversation.assigned":
+      if (data.assignee_id === me) addConversation(data.id, null, data.channel);
+      else removeConversation(data.id);
+      break;
+    case "conversation.updated":
+      if (data.status && data.status !== "open") removeConversation(data.id);
+      break;
+    case "message.created":
+      messageCreated(data);
+      break;
+    case "message.status":
+      updateStatus(data);
+      break;
+  }
+}
+
+// --- offers ---------------------------------------------------------------------------
+
+function showOffer(data) {
+  if (state.offers.has(data.offer_id)) return;
+  const item = el("li", "offer");
+  item.dataset.offerId = data.offer_id;
+  const who = el("div", "who");
+  who.append(el("span", "channel", data.channel), " ", el("span", "name", data.customer?.name || "Customer"));
+  const preview = el("div", "preview", data.preview || data.subject || "");
+  const waiting = el("div", "meta");
+  const actions = el("div", "actions");
+  const accept = el("button", "primary", "Accept");
+  const decline = el("button", "", "Decline");
+  const countdown = el("span", "countdown");
+  accept.addEventListener("click", () => {
+    state.offers.get(data.offer_id).customer = data.customer;
+    send({ type: "offer.accept", data: { offer_id: data.offer_id } });
+    addConversation(data.conversation_id, data.customer?.name, data.channel, true);
+  });
+  decline.addEventListener("click", () => send({ type: "offer.decline", data: { offer_id: data.offer_id } }));
+  actions.append(accept, decline, countdown);
+  item.append(who, preview, waiting, actions);
+  $("offers").append(item);
+  const entry = { data, element: item, timer: null };
+  const tick = () => {
+    const now = Date.now() + state.clockSkew;
+    const left = Math.max(0, Math.round((Date.parse(data.expires_at) - now) / 1000));
+    countdown.textContent = `${left}s`;
+    const waited = Math.max(0, Math.round((now - Date.parse(data.enqueued_at || data.created_at)) / 1000));
+    waiting.textContent = `waiting ${waited}s`;
+    if (left <= 0) dropOffer(data.offer_id);
+  };
+  tick();
+  entry.timer = setInterval(tick, 1000);
+  state.offers.set(data.offer_id, entry);
+  $("no-offers").hidden = true;
+}
+
+function dropOffer(offerId) {
+  const entry = state.offers.get(offerId);
+  if (!entry) return;
+  clearInterval(entry.timer);
+  entry.element.remove();
+  state.offers.delete(offerId);
+  $("no-offers").hidden = state.offers.size > 0;
+}
+
+// --- conversations ----------------------------------------------------------------------
+
+async function loadConversations() {
+  const page = await api("/api/v1/conversations?assignee=me&status=open&limit=100");
+  for (const conv of page.items.reverse()) addConversation(conv.id, null, conv.channel);
+}
+
+function addConversation(id, name, channel, openIt = false) {
+  let entry = state.conversations.get(id);
+  if (!entry) {
+    const item = el("li", "conversation-item");
+    item.dataset.conversationId = id;
+    item.tabIndex = 0;
+    const label = el("span", "name", name || `Conversation #${id}`);
+    const badge = el("span", "channel", channel || "");
+    const unread = el("span", "unread", "0");
+    unread.dataset.count = "0";
+    item.append(badge, label, unread);
+    item.addEventListener("click", () => openConversation(id));
+    item.addEventListener("keydown", (e) => e.key === "Enter" && openConversation(id));
+    $("conversations").prepend(item);
+    entry = { element: item, label, badge, unread, count: 0 };
+    state.conversations.set(id, entry);
+    if (!name) {
+      api(`/api/v1/conversations/${id}`)
+        .then((conv) => {
+          entry.label.textContent = customerLabel(conv, id);
+          entry.badge.textContent = conv.channel || "";
+        })
+        .catch(() => {});
+    }
+  }
+  if (openIt) openConversation(id);
+}
+
+function customerLabel(conv, id) {
+  const customer = conv.customer || {};
+  return customer.name || customer.identities?.[0]?.address || `Conversation #${id}`;
+}
+
+function removeConversation(id) {
+  const entry = state.conversations.get(id);
+  if (!entry) return;
+  entry.element.remove();
+  state.conversations.delete(id);
+  if (state.open === id) {
+    state.open = null;
+    $("conversation").hidden = true;
+    $("pick").hidden = false;
+  }
+}
+
+function setUnread(id, count) {
+  const entry = state.conversations.get(id);
+  if (!entry) return;
+  entry.count = count;
+  entry.unread.textContent = String(count);
+  entry.unread.dataset.count = String(count);
+}
+
+async function openConversation(id) {
+  state.open = id;
+  for (const [cid, entry] of state.conversations) entry.element.setAttribute("aria-current", String(cid === id));
+  setUnread(id, 0);
+  $("pick").hidden = true;
+  $("conversation").hidden = false;
+  $("timeline").replaceChildren();
+  state.shown.clear();
+  let conv;
+  try {
+    conv = await api(`/api/v1/conversations/${id}`);
+  } catch (error) {
+    $("conv-title").textContent = "This conversation cannot be opened.";
+    return;
+  }
+  if (state.open !== id) return;
+  $("conv-title").textContent = customerLabel(conv, id);
+  const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
+  $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
+  for (const message of conv.messages) appendMessage(message);
+}
+
+function appendMessage(m) {
+  if (state.shown.has(m.id)) return;
+  state.shown.add(m.id);
+  const kind = m.private ? "note" : m.direction === "out" ? "out" : "in";
+  const item = el("li", `msg ${kind}`);
+  item.dataset.messageId = m.id;
+  item.append(el("div", "text", m.text || ""));
+  for (const a of m.attachments || []) {
+    const link = el("a", "attachment", a.filename || "attachment");
+    link.href = `/api/v1/attachments/${Number(a.id)}`;
+    link.rel = "noopener";
+    item.append(link);
+  }
+  const info = el("div", "info");
+  info.append(el("span", "channel", m.private ? "internal note" : m.channel || ""));
+  info.append(el("time", "", new Date(m.created_at).toLocaleTimeString()));
+  if (m.direction === "out" && !m.private) {
+    const status = el("span", "status", m.delivery_status);
+    status.dataset.status = m.delivery_status;
+    info.append(status);
+  }
+  item.append(info);
+  $("timeline").append(item);
+  item.scrollIntoView({ block: "end" });
+}
+
+function messageCreated(m) {
+  if (m.conversation_id === state.open) {
+    appendMessage(m);
+  } else if (state.conversations.has(m.conversation_id) && m.direction === "in") {
+    setUnread(m.conversation_id, state.conversations.get(m.conversation_id).count + 1);
+  }
+}
+
+function updateStatus(data) {
+  const status = document.querySelector(`.msg[data-message-id="${Number(data.message_id)}"] .status`);
+  if (status) {
+    status.textContent = data.delivery_status;
+    status.dataset.status = data.delivery_status;
+  }
+}
+
+function notice(text) {
+  const line = el("li", "msg note", text);
+  $("timeline").append(line);
+}
+
+// --- actions ------------------------------------------------------------------------------
+
+$("presence").addEventListener("change", (e) => {
+  send({ type: "presence.set", data: { state: e.target.value } });
+});
+
+$("reply").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("reply-text").value.trim();
+  if (!text || state.open === null) return;
+  const clientId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  const frame = {
+    type: "message.send",
+    data: { conversation_id: state.open, client_id: clientId, text, private: $("reply-private").checked },
+  };
+  state.pending.set(clientId, frame);
+  send(frame);
+  $("reply-text").value = "";
+});
+
+$("reply-text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("reply").requestSubmit();
+});
+
+window.ccConsole = { state, socket: null };
+connect();

@@ -1,0 +1,267 @@
+"""The agent console: sign-in (argon2, throttling, CSRF, session cookie), sign-out that ends the
+session and its websockets, and, in real headless Chromium, an agent's shift: sign in, go
+available, take an offer for an SMS that came in through the Twilio webhook, reply, and the
+reply reaches the Twilio stand-in; a dropped websocket resumes with nothing lost or doubled;
+hostile customer text stays text; another team's conversation does not open."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import expect
+from sqlalchemy import select
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from contact_center.api.auth import throttle
+from contact_center.models import Conversation, Message, Role, Team, TeamMember
+from contact_center.runtime import Runtime
+from tests.browser import ARTIFACTS, NewPage
+from tests.helpers import make_inbox, make_person, run_jobs
+from tests.live import LiveApp, live_app
+from tests.routing_helpers import make_queue
+from tests.standins.twilio import TwilioStandIn, running
+from tests.test_twilio import MESSAGES, SMS_NUMBER, inbound, post
+
+PASSWORD = "password-123"  # tests.helpers.make_person's
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttle() -> Iterator[None]:
+    """The sign-in throttle counts per process: each test starts with a clean slate."""
+    throttle._failures.clear()
+    yield
+    throttle._failures.clear()
+
+
+@pytest.fixture
+def standin() -> Iterator[TwilioStandIn]:
+    with running() as server:
+        yield server
+
+
+@pytest.fixture
+async def live(
+    rt: Runtime, standin: TwilioStandIn, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LiveApp]:
+    await make_inbox(rt, "sms", "sms", SMS_NUMBER, api_base_url=standin.url)
+    await make_queue(rt, is_default=True)
+    async with live_app(rt, run_scheduler=True) as app:
+        # The browser's Origin is the address served here, not CC_PUBLIC_URL.
+        monkeypatch.setattr(rt.settings, "allowed_origins", [app.url])
+        yield app
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the form carries a CSRF field"
+    return match.group(1)
+
+
+async def sign_in(live: LiveApp, email: str, password: str = PASSWORD) -> httpx.Response:
+    page = await live.client.get("/agent/login")
+    assert page.status_code == 200
+    return await live.client.post(
+        "/agent/login",
+        data={"email": email, "password": password, "csrf": csrf_of(page.text)},
+    )
+
+
+async def test_sign_in_sets_a_safe_session_cookie_and_opens_the_console(
+    rt: Runtime, live: LiveApp
+) -> None:
+    await make_person(rt, "ayse@test.local", Role.agent, None)
+    assert (await live.client.get("/agent")).headers["location"] == "/agent/login"
+    response = await sign_in(live, "Ayse@Test.local")
+    assert response.status_code == 303 and response.headers["location"] == "/agent"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("cc_session="))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Max-Age=" in cookie
+    console = await live.client.get("/agent")
+    assert console.status_code == 200
+    assert 'data-agent-name="Ayse"' in console.text
+    assert "script-src 'self'" in console.headers["content-security-policy"]
+
+
+async def test_wrong_password_forged_form_and_throttling(rt: Runtime, live: LiveApp) -> None:
+    await make_person(rt, "throttled@test.local", Role.agent, None)
+    wrong = await sign_in(live, "throttled@test.local", "not-it")
+    assert wrong.status_code == 401 and "Wrong email or password" in wrong.text
+    assert "cc_session" not in wrong.headers.get("set-cookie", "")
+    # A form posted from another site has no matching CSRF value.
+    forged = await live.client.post(
+        "/agent/login",
+        data={"email": "throttled@test.local", "password": PASSWORD, "csrf": "x" * 43},
+    )
+    assert forged.status_code == 403 and "cc_session" not in forged.headers.get("set-cookie", "")
+    for _ in range(9):
+        await sign_in(live, "throttled@test.local", "guess")
+    blocked = await sign_in(live, "throttled@test.local")  # the right password, too late
+    assert blocked.status_code == 429 and "Too many failed sign-ins" in blocked.text
+
+
+async def test_cookie_sessions_need_the_csrf_header_to_change_anything(
+    rt: Runtime, live: LiveApp
+) -> None:
+    await make_person(rt, "csrf@test.local", Role.agent, None)
+    await sign_in(live, "csrf@test.local")
+    assert (await live.client.get("/api/v1/auth/me")).json()["email"] == "csrf@test.local"
+    refused = await live.client.post("/api/v1/auth/logout")
+    assert refused.status_code == 403
+    token = csrf_of((await live.client.get("/agent")).text)
+    done = await live.client.post("/api/v1/auth/logout", headers={"X-CSRF-Token": token})
+    assert done.status_code == 200
+    assert (await live.client.get("/api/v1/auth/me")).status_code == 401
+
+
+async def test_sign_out_ends_the_session_and_closes_its_websockets(
+    rt: Runtime, live: LiveApp
+) -> None:
+    await make_person(rt, "out@test.local", Role.agent, None)
+    await sign_in(live, "out@test.local")
+    session = live.client.cookies["cc_session"]
+    ws_url = live.url.replace("http", "ws") + "/ws/agent"
+    async with connect(ws_url, additional_headers={"Cookie": f"cc_session={session}"}) as ws:
+        hello = await asyncio.wait_for(ws.recv(), 5)
+        assert '"hello"' in str(hello)
+        token = csrf_of((await live.client.get("/agent")).text)
+        out = await live.client.post("/agent/logout", data={"csrf": token})
+        assert out.status_code == 303 and out.headers["location"] == "/agent/login"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(drain_until_closed(ws), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert (await live.client.get("/agent")).headers["location"] == "/agent/login"
+    live.client.cookies.set("cc_session", session)  # the old cookie, kept by an attacker
+    assert (await live.client.get("/api/v1/auth/me")).status_code == 401
+
+
+async def drain_until_closed(ws: Any) -> None:
+    while True:
+        await ws.recv()
+
+
+HOSTILE = '<img src=x onerror="window.__pwned=1">Merhaba, faturam yanlış'
+
+
+async def sent_texts(rt: Runtime, standin: TwilioStandIn) -> list[str]:
+    for _ in range(20):
+        await run_jobs(rt)
+        if standin.sent:
+            break
+        await asyncio.sleep(0.2)
+    return [request.form["Body"] for request in standin.sent]
+
+
+@pytest.mark.browser
+async def test_an_agent_takes_an_sms_offer_and_the_reply_reaches_twilio(
+    rt: Runtime, live: LiveApp, standin: TwilioStandIn, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "shift@test.local", Role.agent, None)
+    page = await new_page(viewport={"width": 1366, "height": 768})
+    await page.goto(live.url + "/agent")
+    await page.get_by_label("Email").fill("shift@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+    await page.get_by_label("Presence").select_option("available")
+    await expect(page.get_by_label("Presence")).to_have_value("available")
+
+    # A customer texts in; the webhook is signed as Twilio signs it.
+    response = await post(live, MESSAGES, inbound("SM" + "1" * 32, HOSTILE))
+    assert response.status_code == 200
+    offer = page.locator(".offer")
+    await expect(offer).to_have_count(1)
+    await expect(offer.locator(".preview")).to_have_text(HOSTILE)  # shown as text
+    await expect(offer.locator(".countdown")).to_have_text(re.compile(r"^\d+s$"))
+    await offer.get_by_role("button", name="Accept").click()
+    await expect(offer).to_have_count(0)
+    item = page.locator(".conversation-item")
+    await expect(item).to_have_count(1)
+    timeline = page.locator("#timeline .msg")
+    await expect(timeline).to_have_count(1)
+    await expect(timeline.first.locator(".text")).to_have_text(HOSTILE)
+    assert await page.evaluate("window.__pwned") is None
+
+    await page.get_by_label("Reply").fill("Merhaba! Faturanıza hemen bakıyorum.")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#timeline .msg.out .text")).to_have_text(
+        ["Merhaba! Faturanıza hemen bakıyorum."]
+    )
+    assert await sent_texts(rt, standin) == ["Merhaba! Faturanıza hemen bakıyorum."]
+
+    # An internal note stays inside and looks different.
+    await page.get_by_label("Internal note").check()
+    await page.get_by_label("Reply").fill("Customer was double-charged, see invoice 42")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#timeline .msg.note .text")).to_have_text(
+        ["Customer was double-charged, see invoice 42"]
+    )
+
+    # The websocket drops; while it is down the customer writes twice. After the resume
+    # both arrive once, in order.
+    await page.evaluate("window.ccConsole.socket.close(4000)")
+    await expect(page.locator("#link")).not_to_have_attribute("data-state", "open")
+    for n, text in enumerate(["Are you there?", "Hello?"]):
+        await post(live, MESSAGES, inbound(f"SM{n:032d}", text))
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open", timeout=15000)
+    await expect(page.locator("#timeline .msg.in .text")).to_have_text(
+        [HOSTILE, "Are you there?", "Hello?"]
+    )
+    await page.wait_for_timeout(500)
+    await expect(page.locator("#timeline .msg.in .text")).to_have_count(3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "console.png"))
+    async with rt.db.read() as session:
+        texts = (
+            await session.scalars(
+                select(Message.text).where(Message.agent_id == person.id).order_by(Message.id)
+            )
+        ).all()
+    assert texts == [
+        "Merhaba! Faturanıza hemen bakıyorum.",
+        "Customer was double-charged, see invoice 42",
+    ]
+    assert len(standin.sent) == 1  # the note never left
+
+
+@pytest.mark.browser
+async def test_an_agent_cannot_open_another_teams_conversation(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    async with rt.db.write() as session:
+        billing = Team(name="Billing", description="", created_at=rt.clock.now())
+        technical = Team(name="Technical", description="", created_at=rt.clock.now())
+        session.add_all([billing, technical])
+        await session.flush()
+        team_ids = billing.id, technical.id
+    person = await make_person(rt, "billing@test.local", Role.agent, team_ids[0])
+    await post(live, MESSAGES, inbound("SM" + "7" * 32, "secret technical matter"))
+    async with rt.db.write() as session:
+        conversation = await session.scalar(select(Conversation))
+        assert conversation is not None
+        conversation.team_id = team_ids[1]
+        conversation_id = conversation.id
+        assert await session.scalar(select(TeamMember).where(TeamMember.agent_id == person.id))
+
+    page = await new_page()
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("billing@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+    status: Any = await page.evaluate(
+        f"fetch('/api/v1/conversations/{conversation_id}').then(r => r.status)"
+    )
+    assert status in (403, 404)
+    await page.evaluate(
+        f"window.ccConsole.socket.send(JSON.stringify({{type: 'message.send', data: "
+        f"{{conversation_id: {conversation_id}, client_id: 'x1', text: 'hi'}}}}))"
+    )
+    async with rt.db.read() as session:
+        stored = (await session.scalars(select(Message.text))).all()
+    assert "hi" not in stored
+    assert "secret technical matter" not in await page.content()
