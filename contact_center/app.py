@@ -26,7 +26,7 @@ from contact_center.api.conversations import AttachmentController, ConversationC
 from contact_center.api.customers import CustomerController
 from contact_center.api.health import MetricsController, healthz, readyz
 from contact_center.auth import TokenAuthMiddleware
-from contact_center.runtime import Runtime
+from contact_center.runtime import Runtime, settle_heap
 from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
@@ -87,6 +87,8 @@ def create_app(
         rt = runtime or await build_runtime(settings)
         await rt.db.check_migrated()
         app.state.runtime = rt
+        if own_runtime:  # a served process (not a test or the demo, which settle themselves)
+            settle_heap()
         stop = asyncio.Event()
         task = None
         if embed_scheduler:

@@ -114,11 +114,13 @@ def scheduler() -> None:
     _logging(settings)
 
     async def run() -> None:
+        from contact_center.runtime import settle_heap
         from contact_center.wiring import build_runtime, build_scheduler
 
         rt = await build_runtime(settings)
         try:
             await rt.db.check_migrated()
+            settle_heap()
             await build_scheduler(rt).run(_stop_event())
         finally:
             await rt.close()
@@ -194,6 +196,7 @@ async def _demo(settings: Settings, simulate: bool) -> None:
     from channels.email import serve_smtp
     from contact_center import demo as demo_org
     from contact_center.app import create_app
+    from contact_center.runtime import settle_heap
     from contact_center.wiring import build_runtime
 
     rt = await build_runtime(settings)
@@ -202,6 +205,7 @@ async def _demo(settings: Settings, simulate: bool) -> None:
     sink = await sandbox.serve_smtp_sink("127.0.0.1", demo_org.SANDBOX_SMTP_PORT)
     created = await demo_org.seed(rt)
     app = create_app(runtime=rt, run_scheduler=True, extra_route_handlers=sandbox.route_handlers)
+    settle_heap()
     server = uvicorn.Server(
         uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"

@@ -5,6 +5,7 @@ Built only by the composition root (``contact_center.wiring.build_runtime``).
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from contact_center.outbound import ChannelSender
 
 WAKE_CHANNEL = "relay.wake"
+
+
+def settle_heap() -> None:
+    """Once a long-running process has started: what is alive now (modules, mappers, compiled
+    caches, the runtime) lives as long as the process, so it is moved out of the garbage
+    collector's reach (``gc.freeze``). Full collections then walk only what was made since,
+    and stop freezing the event loop for ~100 ms at a time (measured in the scheduler with
+    1,000 agents: the routing latency's p99). Not for tests: they build many runtimes in one
+    process, and frozen objects are never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
