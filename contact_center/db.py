@@ -63,6 +63,10 @@ def _make_engine(url: str, *, immediate: bool, pool: bool = True) -> AsyncEngine
     return create_async_engine(url, **kwargs)
 
 
+async def _keep_session(_connection: Any) -> None:
+    return None
+
+
 class Database:
     """The process's database handle: ``write()`` for transactions that change state,
     ``read()`` for queries."""
@@ -101,6 +105,11 @@ class Database:
                         min_size=1 if self._pool else 0,
                         max_size=20 if self._pool else 1,
                         max_inactive_connection_lifetime=60,
+                        # Released connections keep their session: nothing here sets any
+                        # (no SET, LISTEN, cursors or advisory locks), and asyncpg still rolls
+                        # back an open transaction itself. The default reset is a second
+                        # round trip per statement.
+                        reset=_keep_session,
                     )
         return self._driver_pool
 
@@ -131,6 +140,12 @@ class Database:
                 f"the database is at migration {current or 'none (empty database)'} but the code "
                 f"needs {head}: run `contact-center migrate`"
             )
+
+    async def expire_driver_pool(self) -> None:
+        """After a database error: the driver pool's connections are replaced on next use
+        (they may have been dropped by a server restart)."""
+        if self._driver_pool is not None:
+            await self._driver_pool.expire_connections()
 
     async def dispose(self) -> None:
         if self._driver_pool is not None:

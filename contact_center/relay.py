@@ -197,6 +197,7 @@ class Relay:
                     await self.run_once()
                 except Exception:
                     log.exception("outbox relay pass failed; retrying")
+                    await self.rt.db.expire_driver_pool()
                     await asyncio.sleep(1)
                 await wake.get(timeout=interval)
                 wake.drain()

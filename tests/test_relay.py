@@ -245,3 +245,35 @@ async def test_run_loop_is_woken_by_committed(rt: Runtime, monkeypatch: pytest.M
         await rt.committed()  # wake it to see the stop
         await asyncio.wait_for(task, WAIT)
     sub.close()
+
+
+async def test_the_running_relay_outlives_a_database_restart(rt: Runtime) -> None:
+    if rt.db.is_sqlite:
+        pytest.skip("PostgreSQL's connections (SQLite has none to lose)")
+    from sqlalchemy import text
+
+    await make_inbox(rt)
+    sub = await rt.bus.subscribe(EVENTS_CHANNEL)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(Relay(rt, subscriptions()).run(stop))
+    try:
+        await ingest(rt, sms("before", sid="SM1"))
+        await rt.committed()
+        first = await receive(sub, 3)
+        # What a restart does to every pooled connection (the relay's and the app's).
+        async with rt.db.engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        await ingest(rt, sms("after", sid="SM2"))
+        await rt.committed()
+        [after] = await receive(sub, 1)
+        assert after["type"] == "message.created" and after["data"]["text"] == "after"
+        assert after["id"] == first[-1]["id"] + 1  # nothing skipped, nothing repeated
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+        sub.close()
