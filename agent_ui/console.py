@@ -25,13 +25,17 @@ from litestar.response import Redirect
 from contact_center.api.auth import throttle
 from contact_center.auth import (
     CSRF_COOKIE,
+    MIN_PASSWORD,
     SESSION_COOKIE,
     agent_for_token,
     authenticate_password,
     csrf_ok,
+    hash_password,
+    invite_for,
     issue_token,
     revoke,
 )
+from contact_center.models import Agent
 from contact_center.runtime import Runtime
 
 HERE = Path(__file__).parent
@@ -54,6 +58,12 @@ PAGE_HEADERS = {
 class LoginForm(msgspec.Struct):
     email: str = ""
     password: str = ""
+    csrf: str = ""
+
+
+class PasswordForm(msgspec.Struct):
+    password: str = ""
+    confirm: str = ""
     csrf: str = ""
 
 
@@ -143,18 +153,65 @@ async def login(
     return Redirect(
         "/agent",
         status_code=303,
-        cookies=[
-            Cookie(
-                key=SESSION_COOKIE,
-                value=token,
-                path="/",
-                httponly=True,
-                samesite="lax",
-                secure=_secure(request),
-                max_age=rt.settings.token_ttl_hours * 3600,
-            ),
-            *cookies,
-        ],
+        cookies=[_session_cookie(request, rt, token), *cookies],
+    )
+
+
+def _session_cookie(request: Request[Any, Any, Any], rt: Runtime, token: str) -> Cookie:
+    return Cookie(
+        key=SESSION_COOKIE,
+        value=token,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+        max_age=rt.settings.token_ttl_hours * 3600,
+    )
+
+
+INVALID_INVITE = "This invitation link is used, expired or unknown. Ask an admin for a new one."
+
+
+@get("/agent/invite/{token:str}", include_in_schema=False)
+async def invite_page(request: Request[Any, Any, Any], token: FromPath[str]) -> Any:
+    rt = _runtime(request)
+    csrf, cookies = _csrf_cookie(request)
+    async with rt.db.read() as session:
+        invite = await invite_for(session, token, rt)
+        agent = await session.get(Agent, invite.agent_id) if invite else None
+    if agent is None:
+        return _page("invite.html", 404, cookies, csrf=csrf, agent=None, error=INVALID_INVITE)
+    return _page("invite.html", cookies=cookies, csrf=csrf, agent=agent, error=None)
+
+
+@post("/agent/invite/{token:str}", include_in_schema=False, status_code=303)
+async def accept_invite(
+    request: Request[Any, Any, Any],
+    token: FromPath[str],
+    data: Annotated[PasswordForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Any:
+    """Set the password from an invitation (once) and sign in."""
+    rt = _runtime(request)
+    csrf, cookies = _csrf_cookie(request)
+    async with rt.db.write() as session:
+        invite = await invite_for(session, token, rt)
+        agent = await session.get(Agent, invite.agent_id) if invite else None
+        problem = None
+        if invite is None or agent is None:
+            return _page("invite.html", 404, cookies, csrf=csrf, agent=None, error=INVALID_INVITE)
+        if not csrf_ok(request, data.csrf):
+            problem = "The form expired. Please try again."
+        elif not MIN_PASSWORD <= len(data.password) <= 1024:
+            problem = f"Choose a password of at least {MIN_PASSWORD} characters."
+        elif data.password != data.confirm:
+            problem = "The two passwords differ."
+        if problem:
+            return _page("invite.html", 400, cookies, csrf=csrf, agent=agent, error=problem)
+        agent.password_hash = hash_password(data.password)
+        invite.revoked_at = rt.clock.now()  # used: the link works once
+        session_token = await issue_token(session, agent, rt=rt, kind="session")
+    return Redirect(
+        "/agent", status_code=303, cookies=[_session_cookie(request, rt, session_token), *cookies]
     )
 
 
@@ -204,4 +261,12 @@ def static_file(name: FromPath[str]) -> Response[bytes]:
     )
 
 
-route_handlers = [login_page, login, logout, console_page, static_file]
+route_handlers = [
+    login_page,
+    login,
+    invite_page,
+    accept_invite,
+    logout,
+    console_page,
+    static_file,
+]

@@ -29,6 +29,9 @@ CSRF_COOKIE = "cc_csrf"
 CSRF_HEADER = "x-csrf-token"
 REVOKED_CHANNEL = "auth.revoked"  # bus: {"token_id": N} when a session or token is revoked
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOGIN_KINDS = ("api", "session")  # tokens that authenticate requests ("invite" does not)
+INVITE_HOURS = 72
+MIN_PASSWORD = 10
 _hasher = PasswordHasher()
 # Verifying against a real hash when the email is unknown keeps response times alike.
 _DUMMY_HASH = _hasher.hash("not-a-password")
@@ -82,7 +85,10 @@ async def agent_for_token(rt: Runtime, token: str) -> tuple[Agent, AuthToken] | 
             await session.execute(
                 select(Agent, AuthToken)
                 .join(AuthToken, AuthToken.agent_id == Agent.id)
-                .where(AuthToken.token_hash == token_digest(token))
+                .where(
+                    AuthToken.token_hash == token_digest(token),
+                    AuthToken.kind.in_(LOGIN_KINDS),
+                )
             )
         ).first()
     if row is None:
@@ -91,6 +97,46 @@ async def agent_for_token(rt: Runtime, token: str) -> tuple[Agent, AuthToken] | 
     if auth.revoked_at is not None or auth.expires_at <= rt.clock.now() or not agent.is_active:
         return None
     return agent, auth
+
+
+async def issue_invite(session: AsyncSession, agent: Agent, *, rt: Runtime) -> tuple[str, Any]:
+    """A one-time link secret for ``agent`` to set their password (earlier unused invites of
+    theirs end). Returns the secret and when it expires."""
+    now = rt.clock.now()
+    for old in await session.scalars(
+        select(AuthToken).where(
+            AuthToken.agent_id == agent.id,
+            AuthToken.kind == "invite",
+            AuthToken.revoked_at.is_(None),
+        )
+    ):
+        old.revoked_at = now
+    token = secrets.token_urlsafe(32)
+    expires = now + timedelta(hours=INVITE_HOURS)
+    session.add(
+        AuthToken(
+            agent_id=agent.id,
+            token_hash=token_digest(token),
+            kind="invite",
+            created_at=now,
+            expires_at=expires,
+        )
+    )
+    await session.flush()
+    return token, expires
+
+
+async def invite_for(session: AsyncSession, token: str, rt: Runtime) -> AuthToken | None:
+    """The invite behind a link secret, if it is unused, unexpired and its agent active."""
+    invite = await session.scalar(
+        select(AuthToken)
+        .where(AuthToken.token_hash == token_digest(token[:200]), AuthToken.kind == "invite")
+        .with_for_update()
+    )
+    if invite is None or invite.revoked_at is not None or invite.expires_at <= rt.clock.now():
+        return None
+    agent = await session.get(Agent, invite.agent_id)
+    return invite if agent is not None and agent.is_active else None
 
 
 async def revoke(rt: Runtime, token_id: int) -> None:

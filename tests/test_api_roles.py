@@ -176,6 +176,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
         "admin",
         lambda c: (f"/api/v1/agents/{c.org.other_agent.id}", {"name": "Renamed"}, 200),
     ),
+    ("POST", "/api/v1/agents/{agent_id:int}/invite"): Rule(
+        "admin", lambda c: (f"/api/v1/agents/{c.org.other_agent.id}/invite", None, 201)
+    ),
     # teams (supervisors read, admins write)
     ("GET", "/api/v1/teams"): Rule("supervisor", lambda c: ("/api/v1/teams", None, 200)),
     ("POST", "/api/v1/teams"): Rule(

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from contact_center.api.auth import throttle
+from contact_center.clock import ManualClock
 from contact_center.models import Conversation, Message, Role, Team, TeamMember
 from contact_center.runtime import Runtime
 from tests.browser import ARTIFACTS, NewPage
@@ -137,6 +138,46 @@ async def test_sign_out_ends_the_session_and_closes_its_websockets(
     assert (await live.client.get("/agent")).headers["location"] == "/agent/login"
     live.client.cookies.set("cc_session", session)  # the old cookie, kept by an attacker
     assert (await live.client.get("/api/v1/auth/me")).status_code == 401
+
+
+async def test_an_invited_agent_sets_a_password_once_and_is_signed_in(
+    rt: Runtime, live: LiveApp, clock: ManualClock
+) -> None:
+    admin = await make_person(rt, "admin@test.local", Role.admin, None)
+    newcomer = await make_person(rt, "new@test.local", Role.agent, None)
+    bearer = {"Authorization": f"Bearer {admin.token}"}
+    made = await live.client.post(f"/api/v1/agents/{newcomer.id}/invite", headers=bearer)
+    assert made.status_code == 201
+    path = made.json()["url"].removeprefix(rt.settings.public_url)
+    secret = path.rsplit("/", 1)[1]
+    # The link's secret is no API token.
+    me = await live.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {secret}"})
+    assert me.status_code == 401
+
+    page = await live.client.get(path)
+    assert page.status_code == 200 and "new@test.local" in page.text
+    form = {"csrf": csrf_of(page.text), "password": "short", "confirm": "short"}
+    assert (await live.client.post(path, data=form)).status_code == 400
+    form |= {"password": "a-long-new-password", "confirm": "a-long-new-passwor"}
+    differ = await live.client.post(path, data=form)
+    assert differ.status_code == 400 and "differ" in differ.text
+    form |= {"confirm": "a-long-new-password"}
+    done = await live.client.post(path, data=form)
+    assert done.status_code == 303 and done.headers["location"] == "/agent"
+    assert (await live.client.get("/agent")).status_code == 200  # signed in
+    assert (await live.client.post(path, data=form)).status_code == 404  # once only
+    live.client.cookies.clear()
+    assert (await sign_in(live, "new@test.local", "a-long-new-password")).status_code == 303
+
+    # A newer invite ends the older one; an invite expires after 72 hours.
+    older = (await live.client.post(f"/api/v1/agents/{newcomer.id}/invite", headers=bearer)).json()
+    newer = (await live.client.post(f"/api/v1/agents/{newcomer.id}/invite", headers=bearer)).json()
+    older_path = older["url"].removeprefix(rt.settings.public_url)
+    assert (await live.client.get(older_path)).status_code == 404
+    newer_path = newer["url"].removeprefix(rt.settings.public_url)
+    assert (await live.client.get(newer_path)).status_code == 200
+    clock.advance(seconds=72 * 3600 + 1)
+    assert (await live.client.get(newer_path)).status_code == 404
 
 
 async def drain_until_closed(ws: Any) -> None:

@@ -15,11 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from contact_center.api.common import current_agent, runtime_of
-from contact_center.auth import hash_password, require
+from contact_center.auth import hash_password, issue_invite, require
 from contact_center.calendars import Calendar, CalendarError
 from contact_center.inbox_config import InboxConfigError, check_inbox
 from contact_center.models import Agent, ChannelKind, Inbox, Role, Team, TeamMember
-from contact_center.views import agent_view, inbox_view, team_view
+from contact_center.views import agent_view, inbox_view, team_view, ts
 
 _INBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
@@ -290,6 +290,24 @@ class AgentController(Controller):
             if agent is None:
                 raise NotFoundException("agent not found")
             return agent_view(agent)
+
+    @post("/{agent_id:int}/invite", guards=[require(Role.admin)], status_code=201)
+    async def invite_agent(
+        self, request: Request[Any, Any, Any], agent_id: FromPath[int]
+    ) -> dict[str, Any]:
+        """A one-time link (72 hours) for the agent to set their password and sign in; a new
+        invite ends the agent's earlier unused ones. Hand it over yourself (it is a secret)."""
+        rt = runtime_of(request)
+        async with rt.db.write() as session:
+            agent = await session.get(Agent, agent_id)
+            if agent is None:
+                raise NotFoundException("no such agent")
+            token, expires = await issue_invite(session, agent, rt=rt)
+        return {
+            "agent_id": agent_id,
+            "url": f"{rt.settings.public_url.rstrip('/')}/agent/invite/{token}",
+            "expires_at": ts(expires),
+        }
 
     @patch("/{agent_id:int}", guards=[require(Role.admin)])
     async def update_agent(
