@@ -31,10 +31,11 @@ from routing.engine import (
     RoutingError,
     agent_status,
     engine_of,
+    offer_view,
     set_presence,
     status_view,
 )
-from routing.models import AgentStatus, Offer, OfferStatus, Presence
+from routing.models import AgentStatus, Offer, OfferStatus, Presence, RoutingTask
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,34 @@ class AgentSession:
             status = await session.get(AgentStatus, self.agent.id)
             offers = (
                 await session.scalars(
-                    select(Offer).where(
-                        Offer.agent_id == self.agent.id, Offer.status == OfferStatus.pending
-                    )
+                    select(Offer)
+                    .where(Offer.agent_id == self.agent.id, Offer.status == OfferStatus.pending)
+                    .order_by(Offer.id)
                 )
             ).all()
+            # The offers in full, as the `offer` frames showed them: a console that loads
+            # (or reloads) shows what is waiting for the agent.
+            pending = []
+            if offers:
+                tasks = {
+                    t.id: t
+                    for t in await session.scalars(
+                        select(RoutingTask).where(RoutingTask.id.in_([o.task_id for o in offers]))
+                    )
+                }
+                conversations = list(
+                    await session.scalars(
+                        select(Conversation).where(
+                            Conversation.id.in_({o.conversation_id for o in offers})
+                        )
+                    )
+                )
+                summaries = await engine_of(self.rt).summaries(session, conversations)
+                pending = [
+                    offer_view(o, tasks[o.task_id], summaries[o.conversation_id])
+                    for o in offers
+                    if o.task_id in tasks and o.conversation_id in summaries
+                ]
         await self.send(
             {
                 "type": "hello",
@@ -180,6 +204,7 @@ class AgentSession:
                     },
                     "presence": status_view(status) if status else None,
                     "pending_offer_ids": [o.id for o in offers],
+                    "pending_offers": pending,
                     "last_event_id": head,
                     "heartbeat_seconds": HEARTBEAT_SECONDS,
                     "server_time": self.rt.clock.now().isoformat(),

@@ -1055,7 +1055,7 @@ class RoutingEngine:
                     )
                 ).all()
             }
-            summaries = await self._summaries(session, list(conversations.values()))
+            summaries = await self.summaries(session, list(conversations.values()))
             made = []
             for offer, task in offers:
                 conversation = conversations[offer.conversation_id]
@@ -1083,7 +1083,7 @@ class RoutingEngine:
                 made.append(offer)
             return made
 
-    async def _summaries(
+    async def summaries(
         self, session: AsyncSession, conversations: list[Conversation]
     ) -> dict[int, dict[str, Any]]:
         """What an offer shows the agent: channel, customer, priority, subject, preview."""

@@ -103,6 +103,26 @@ async def test_offer_accept_and_reply_over_the_socket(rt: Runtime, org: Org, liv
     assert replies == 1
 
 
+async def test_hello_carries_the_offers_waiting_for_the_agent(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        first_hello = await recv(ws, "hello")
+        assert first_hello["data"]["pending_offers"] == []
+        await send(ws, "presence.set", state="available")
+        await recv(ws, "ack")
+        conv = await arrive(rt, "Still waiting on my refund")
+        await settle(rt)
+        offer = (await recv(ws, "offer"))["data"]
+    # The console reloads: the new connection's hello shows the offer as the frame did.
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        hello = (await recv(ws, "hello"))["data"]
+    assert hello["pending_offer_ids"] == [offer["offer_id"]]
+    [waiting] = hello["pending_offers"]
+    assert waiting == offer
+    assert waiting["conversation_id"] == conv and waiting["preview"] == "Still waiting on my refund"
+
+
 async def test_decline_goes_to_the_next_agent(rt: Runtime, org: Org, live: LiveApp) -> None:
     async with (
         connect(ws_url(live, org.agent.token)) as first,

@@ -216,6 +216,8 @@ async def test_an_agent_takes_an_sms_offer_and_the_reply_reaches_twilio(
     assert response.status_code == 200
     offer = page.locator(".offer")
     await expect(offer).to_have_count(1)
+    await page.reload()  # a reload still shows what waits for the agent
+    await expect(offer).to_have_count(1)
     await expect(offer.locator(".preview")).to_have_text(HOSTILE)  # shown as text
     await expect(offer.locator(".countdown")).to_have_text(re.compile(r"^\d+s$"))
     await offer.get_by_role("button", name="Accept").click()

@@ -98,6 +98,10 @@ function handle(frame) {
         loadConversations();
       }
       $("presence").value = data.presence ? data.presence.state : "offline";
+      for (const offer of data.pending_offers || []) showOffer(offer);
+      for (const offerId of [...state.offers.keys()]) {
+        if (!(data.pending_offer_ids || []).includes(offerId)) dropOffer(offerId);
+      }
       for (const frame of state.pending.values()) send(frame); // the same client ids: no doubles
       break;
     case "ack":
