@@ -22,6 +22,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath
 from litestar.response import Redirect
 
+from agent_ui import i18n
 from contact_center.api.auth import throttle
 from contact_center.auth import (
     CSRF_COOKIE,
@@ -71,6 +72,10 @@ class CsrfForm(msgspec.Struct):
     csrf: str = ""
 
 
+def _browser_language(request: Request[Any, Any, Any]) -> str:
+    return i18n.pick(request.query_params.get("lang"), request.headers.get("accept-language"))
+
+
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
@@ -97,9 +102,17 @@ def _csrf_cookie(request: Request[Any, Any, Any]) -> tuple[str, list[Cookie]]:
     return value, [cookie]
 
 
-def _page(name: str, status: int = 200, cookies: list[Cookie] | None = None, **ctx: Any) -> Any:
+def _page(
+    name: str,
+    status: int = 200,
+    cookies: list[Cookie] | None = None,
+    *,
+    lang: str = i18n.DEFAULT,
+    **ctx: Any,
+) -> Any:
+    gettext = i18n.translations(lang).gettext
     return Response(
-        templates.get_template(name).render(**ctx),
+        templates.get_template(name).render(_=gettext, lang=lang, **ctx),
         media_type="text/html; charset=utf-8",
         status_code=status,
         headers=PAGE_HEADERS,
@@ -110,7 +123,14 @@ def _page(name: str, status: int = 200, cookies: list[Cookie] | None = None, **c
 @get("/agent/login", include_in_schema=False)
 async def login_page(request: Request[Any, Any, Any]) -> Response[str]:
     csrf, cookies = _csrf_cookie(request)
-    return _page("login.html", cookies=cookies, csrf=csrf, error=None, email="")  # type: ignore[no-any-return]
+    return _page(  # type: ignore[no-any-return]
+        "login.html",
+        cookies=cookies,
+        lang=_browser_language(request),
+        csrf=csrf,
+        error=None,
+        email="",
+    )
 
 
 @post("/agent/login", include_in_schema=False, status_code=303)
@@ -126,6 +146,7 @@ async def login(
             "login.html",
             403,
             cookies,
+            lang=_browser_language(request),
             csrf=csrf,
             email=email,
             error="Your sign-in form expired. Please try again.",
@@ -137,6 +158,7 @@ async def login(
             "login.html",
             429,
             cookies,
+            lang=_browser_language(request),
             csrf=csrf,
             email=email,
             error="Too many failed sign-ins. Wait a few minutes and try again.",
@@ -146,7 +168,13 @@ async def login(
         if agent is None:
             throttle.failed(*keys)
             return _page(
-                "login.html", 401, cookies, csrf=csrf, email=email, error="Wrong email or password."
+                "login.html",
+                401,
+                cookies,
+                lang=_browser_language(request),
+                csrf=csrf,
+                email=email,
+                error="Wrong email or password.",
             )
         token = await issue_token(session, agent, rt=rt, kind="session")
     throttle.succeeded(keys[0])
@@ -170,6 +198,17 @@ def _session_cookie(request: Request[Any, Any, Any], rt: Runtime, token: str) ->
 
 
 INVALID_INVITE = "This invitation link is used, expired or unknown. Ask an admin for a new one."
+SHORT_PASSWORD = f"Choose a password of at least {MIN_PASSWORD} characters."
+# Messages the pages show (translated in the templates; listed for the catalogue check).
+MESSAGES = (
+    "Your sign-in form expired. Please try again.",
+    "Too many failed sign-ins. Wait a few minutes and try again.",
+    "Wrong email or password.",
+    INVALID_INVITE,
+    SHORT_PASSWORD,
+    "The form expired. Please try again.",
+    "The two passwords differ.",
+)
 
 
 @get("/agent/invite/{token:str}", include_in_schema=False)
@@ -180,8 +219,12 @@ async def invite_page(request: Request[Any, Any, Any], token: FromPath[str]) -> 
         invite = await invite_for(session, token, rt)
         agent = await session.get(Agent, invite.agent_id) if invite else None
     if agent is None:
-        return _page("invite.html", 404, cookies, csrf=csrf, agent=None, error=INVALID_INVITE)
-    return _page("invite.html", cookies=cookies, csrf=csrf, agent=agent, error=None)
+        lang = _browser_language(request)
+        return _page(
+            "invite.html", 404, cookies, lang=lang, csrf=csrf, agent=None, error=INVALID_INVITE
+        )
+    lang = i18n.pick(agent.locale, request.headers.get("accept-language"))
+    return _page("invite.html", cookies=cookies, lang=lang, csrf=csrf, agent=agent, error=None)
 
 
 @post("/agent/invite/{token:str}", include_in_schema=False, status_code=303)
@@ -198,15 +241,21 @@ async def accept_invite(
         agent = await session.get(Agent, invite.agent_id) if invite else None
         problem = None
         if invite is None or agent is None:
-            return _page("invite.html", 404, cookies, csrf=csrf, agent=None, error=INVALID_INVITE)
+            lang = _browser_language(request)
+            return _page(
+                "invite.html", 404, cookies, lang=lang, csrf=csrf, agent=None, error=INVALID_INVITE
+            )
         if not csrf_ok(request, data.csrf):
             problem = "The form expired. Please try again."
         elif not MIN_PASSWORD <= len(data.password) <= 1024:
-            problem = f"Choose a password of at least {MIN_PASSWORD} characters."
+            problem = SHORT_PASSWORD
         elif data.password != data.confirm:
             problem = "The two passwords differ."
         if problem:
-            return _page("invite.html", 400, cookies, csrf=csrf, agent=agent, error=problem)
+            lang = i18n.pick(agent.locale, request.headers.get("accept-language"))
+            return _page(
+                "invite.html", 400, cookies, lang=lang, csrf=csrf, agent=agent, error=problem
+            )
         agent.password_hash = hash_password(data.password)
         invite.revoked_at = rt.clock.now()  # used: the link works once
         session_token = await issue_token(session, agent, rt=rt, kind="session")
@@ -243,7 +292,16 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
         return Redirect("/agent/login", status_code=303)
     agent = found[0]
     csrf, cookies = _csrf_cookie(request)
-    return _page("console.html", cookies=cookies, csrf=csrf, agent=agent)
+    lang = i18n.pick(agent.locale, request.headers.get("accept-language"))
+    return _page(
+        "console.html",
+        cookies=cookies,
+        lang=lang,
+        csrf=csrf,
+        agent=agent,
+        timezone=agent.timezone or "UTC",
+        strings=i18n.js_strings(lang),
+    )
 
 
 ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,10 +21,10 @@ from websockets.exceptions import ConnectionClosed
 
 from contact_center.api.auth import throttle
 from contact_center.clock import ManualClock
-from contact_center.models import Conversation, Message, Role, Team, TeamMember
+from contact_center.models import Agent, Conversation, Message, Role, Team, TeamMember
 from contact_center.runtime import Runtime
 from tests.browser import ARTIFACTS, NewPage
-from tests.helpers import make_inbox, make_person, run_jobs
+from tests.helpers import ingest, make_inbox, make_person, run_jobs, sms
 from tests.live import LiveApp, live_app
 from tests.routing_helpers import make_queue
 from tests.standins.twilio import TwilioStandIn, running
@@ -308,3 +309,31 @@ async def test_an_agent_cannot_open_another_teams_conversation(
         stored = (await session.scalars(select(Message.text))).all()
     assert "hi" not in stored
     assert "secret technical matter" not in await page.content()
+
+
+@pytest.mark.browser
+async def test_a_turkish_agent_sees_turkish_and_times_in_their_time_zone(
+    rt: Runtime, live: LiveApp, clock: ManualClock, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "elif@test.local", Role.agent, None)
+    clock.set(datetime(2026, 11, 23, 9, 5, tzinfo=UTC))  # 12:05 in Istanbul (UTC+3)
+    result = await ingest(rt, sms("Merhaba", sid="SM-tr-1"))
+    async with rt.db.write() as session:
+        agent = await session.get(Agent, person.id)
+        conversation = await session.get(Conversation, result.conversation_id)
+        assert agent is not None and conversation is not None
+        agent.locale, agent.timezone = "tr", "Europe/Istanbul"
+        conversation.assignee_id = person.id
+
+    page = await new_page(locale="en-US")
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("elif@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("html")).to_have_attribute("lang", "tr")
+    await expect(page.locator("#link")).to_have_text("canlı")
+    await expect(page.get_by_role("heading", name="Konuşmalarım")).to_be_visible()
+    await expect(page.locator("#presence option[value=available]")).to_have_text("Müsait")
+    await page.locator(".conversation-item").click()
+    await expect(page.locator("#timeline .msg time")).to_have_text("12:05")
+    await expect(page.get_by_role("button", name="Gönder")).to_be_visible()

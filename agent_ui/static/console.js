@@ -6,6 +6,15 @@ const body = document.body;
 const me = Number(body.dataset.agentId);
 const csrf = body.dataset.csrf;
 const $ = (id) => document.getElementById(id);
+// The page's language (babel catalogues, server side) and the agent's time zone.
+const strings = JSON.parse(document.getElementById("i18n").textContent);
+const t = (key, values = {}) =>
+  (strings[key] || key).replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
+const timeFormat = new Intl.DateTimeFormat(body.dataset.locale || "en", {
+  hour: "2-digit",
+  minute: "2-digit",
+  timeZone: body.dataset.timezone || "UTC",
+});
 
 const state = {
   socket: null,
@@ -79,7 +88,7 @@ function send(frame) {
 function setLink(linkState) {
   const link = $("link");
   link.dataset.state = linkState;
-  link.textContent = { open: "live", closed: "reconnecting…", connecting: "connecting…" }[linkState];
+  link.textContent = t({ open: "live", closed: "reconnecting", connecting: "connecting" }[linkState]);
 }
 
 function handle(frame) {
@@ -146,12 +155,12 @@ function showOffer(data) {
   const item = el("li", "offer");
   item.dataset.offerId = data.offer_id;
   const who = el("div", "who");
-  who.append(el("span", "channel", data.channel), " ", el("span", "name", data.customer?.name || "Customer"));
+  who.append(el("span", "channel", data.channel), " ", el("span", "name", data.customer?.name || t("customer")));
   const preview = el("div", "preview", data.preview || data.subject || "");
   const waiting = el("div", "meta");
   const actions = el("div", "actions");
-  const accept = el("button", "primary", "Accept");
-  const decline = el("button", "", "Decline");
+  const accept = el("button", "primary", t("accept"));
+  const decline = el("button", "", t("decline"));
   const countdown = el("span", "countdown");
   accept.addEventListener("click", () => {
     state.offers.get(data.offer_id).customer = data.customer;
@@ -168,7 +177,7 @@ function showOffer(data) {
     const left = Math.max(0, Math.round((Date.parse(data.expires_at) - now) / 1000));
     countdown.textContent = `${left}s`;
     const waited = Math.max(0, Math.round((now - Date.parse(data.enqueued_at || data.created_at)) / 1000));
-    waiting.textContent = `waiting ${waited}s`;
+    waiting.textContent = t("waiting", { n: waited });
     if (left <= 0) dropOffer(data.offer_id);
   };
   tick();
@@ -199,7 +208,7 @@ function addConversation(id, name, channel, openIt = false) {
     const item = el("li", "conversation-item");
     item.dataset.conversationId = id;
     item.tabIndex = 0;
-    const label = el("span", "name", name || `Conversation #${id}`);
+    const label = el("span", "name", name || t("conversation", { id }));
     const badge = el("span", "channel", channel || "");
     const unread = el("span", "unread", "0");
     unread.dataset.count = "0";
@@ -223,7 +232,7 @@ function addConversation(id, name, channel, openIt = false) {
 
 function customerLabel(conv, id) {
   const customer = conv.customer || {};
-  return customer.name || customer.identities?.[0]?.address || `Conversation #${id}`;
+  return customer.name || customer.identities?.[0]?.address || t("conversation", { id });
 }
 
 function removeConversation(id) {
@@ -258,7 +267,7 @@ async function openConversation(id) {
   try {
     conv = await api(`/api/v1/conversations/${id}`);
   } catch (error) {
-    $("conv-title").textContent = "This conversation cannot be opened.";
+    $("conv-title").textContent = t("cannot_open");
     return;
   }
   if (state.open !== id) return;
@@ -282,8 +291,10 @@ function appendMessage(m) {
     item.append(link);
   }
   const info = el("div", "info");
-  info.append(el("span", "channel", m.private ? "internal note" : m.channel || ""));
-  info.append(el("time", "", new Date(m.created_at).toLocaleTimeString()));
+  info.append(el("span", "channel", m.private ? t("internal_note") : m.channel || ""));
+  const time = el("time", "", timeFormat.format(new Date(m.created_at)));
+  time.dateTime = m.created_at;
+  info.append(time);
   if (m.direction === "out" && !m.private) {
     const status = el("span", "status", m.delivery_status);
     status.dataset.status = m.delivery_status;

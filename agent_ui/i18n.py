@@ -1,0 +1,77 @@
+"""The console's languages: English (the source strings) and Turkish, from babel catalogues.
+
+Catalogues are the ``.po`` files under ``agent_ui/locale/<lang>/LC_MESSAGES/messages.po``,
+read and compiled in memory at first use (no build step, no binary ``.mo`` in the tree).
+Templates call ``_("...")``; the strings the page's script needs travel in a JSON data block
+(``JS_STRINGS``), translated the same way. A test checks that every string of the templates
+and of ``JS_STRINGS`` has a Turkish translation.
+"""
+
+from __future__ import annotations
+
+import functools
+from io import BytesIO
+from pathlib import Path
+
+from babel import Locale, negotiate_locale
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import NullTranslations, Translations
+
+LOCALE_DIR = Path(__file__).parent / "locale"
+LANGUAGES = ("en", "tr")
+DEFAULT = "en"
+
+# What console.js shows, by key (English source text).
+JS_STRINGS = {
+    "accept": "Accept",
+    "decline": "Decline",
+    "waiting": "waiting {n}s",
+    "live": "live",
+    "reconnecting": "reconnecting…",
+    "connecting": "connecting…",
+    "internal_note": "internal note",
+    "customer": "Customer",
+    "conversation": "Conversation #{id}",
+    "cannot_open": "This conversation cannot be opened.",
+}
+
+
+@functools.cache
+def translations(language: str) -> NullTranslations:
+    path = LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
+    if language == DEFAULT or not path.exists():
+        return NullTranslations()
+    with path.open("rb") as source:
+        catalog = read_po(source, locale=language)
+    compiled = BytesIO()
+    write_mo(compiled, catalog)
+    compiled.seek(0)
+    return Translations(compiled)
+
+
+def pick(preferred: str | None, accept_language: str | None = None) -> str:
+    """The language to use: the agent's own setting if we have it, else the browser's."""
+    if preferred:
+        language = preferred.replace("-", "_").split("_")[0].lower()
+        if language in LANGUAGES:
+            return language
+    if accept_language:
+        wanted = [
+            part.split(";")[0].strip().replace("-", "_")
+            for part in accept_language.split(",")
+            if part.strip()
+        ]
+        found = negotiate_locale(wanted, list(LANGUAGES), sep="_")
+        if found:
+            return found.split("_")[0]
+    return DEFAULT
+
+
+def js_strings(language: str) -> dict[str, str]:
+    gettext = translations(language).gettext
+    return {key: gettext(text) for key, text in JS_STRINGS.items()}
+
+
+def language_name(language: str) -> str:
+    return Locale.parse(language).get_display_name(language) or language
