@@ -337,3 +337,62 @@ async def test_a_turkish_agent_sees_turkish_and_times_in_their_time_zone(
     await page.locator(".conversation-item").click()
     await expect(page.locator("#timeline .msg time")).to_have_text("12:05")
     await expect(page.get_by_role("button", name="Gönder")).to_be_visible()
+
+
+@pytest.mark.browser
+async def test_resolve_reopen_and_transfer_to_a_queue_with_a_note(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "actions@test.local", Role.agent, None)
+    escalations = await make_queue(rt, "Escalations")
+    result = await ingest(rt, sms("My order never came", sid="SM-act-1"))
+    async with rt.db.write() as session:
+        conversation = await session.get(Conversation, result.conversation_id)
+        assert conversation is not None
+        conversation.assignee_id = person.id
+
+    async def status() -> tuple[str, int | None]:
+        async with rt.db.read() as session:
+            row = await session.get(Conversation, result.conversation_id, populate_existing=True)
+            assert row is not None
+            return row.status, row.assignee_id
+
+    page = await new_page()
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("actions@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator(".conversation-item").click()
+    await expect(page.locator("#timeline .msg .text")).to_have_text(["My order never came"])
+
+    await page.keyboard.press("Alt+r")  # the shortcut for Resolve
+    await expect(page.get_by_role("button", name="Reopen")).to_be_visible()
+    await expect(page.locator(".conversation-item")).to_have_count(0)
+    assert (await status())[0] == "resolved"
+    await page.get_by_role("button", name="Reopen").click()
+    await expect(page.get_by_role("button", name="Resolve")).to_be_visible()
+    await expect(page.locator(".conversation-item")).to_have_count(1)
+    assert await status() == ("open", person.id)
+
+    await page.get_by_role("button", name="Transfer").click()
+    await page.get_by_label("Queue").select_option(label="Escalations")
+    await page.get_by_label("Note for the next agent (optional)").fill("Courier lost it, refund?")
+    await page.locator("#transfer").get_by_role("button", name="Transfer").click()
+    await expect(page.locator(".conversation-item")).to_have_count(0)
+    await expect(page.locator("#conversation")).to_be_hidden()
+    assert (await status())[1] is None
+    async with rt.db.read() as session:
+        notes = (
+            await session.scalars(
+                select(Message.text).where(
+                    Message.conversation_id == result.conversation_id, Message.private.is_(True)
+                )
+            )
+        ).all()
+        from routing.models import RoutingTask
+
+        task = await session.scalar(
+            select(RoutingTask).where(RoutingTask.active_conversation_id == result.conversation_id)
+        )
+    assert any("Courier lost it, refund?" in note for note in notes)
+    assert task is not None and task.queue_id == escalations

@@ -137,7 +137,8 @@ function handle(frame) {
       else removeConversation(data.id);
       break;
     case "conversation.updated":
-      if (data.status && data.status !== "open") removeConversation(data.id);
+      if (data.status && data.status !== "open") dropFromList(data.id);
+      if (data.status && data.id === state.open) showStatus(data.status);
       break;
     case "message.created":
       messageCreated(data);
@@ -235,6 +236,20 @@ function customerLabel(conv, id) {
   return customer.name || customer.identities?.[0]?.address || t("conversation", { id });
 }
 
+function dropFromList(id) {
+  const entry = state.conversations.get(id);
+  if (!entry) return;
+  entry.element.remove();
+  state.conversations.delete(id);
+}
+
+function showStatus(status) {
+  state.openStatus = status;
+  $("resolve").hidden = status === "resolved";
+  $("reopen").hidden = status !== "resolved";
+  $("transfer-open").hidden = status === "resolved";
+}
+
 function removeConversation(id) {
   const entry = state.conversations.get(id);
   if (!entry) return;
@@ -274,6 +289,7 @@ async function openConversation(id) {
   $("conv-title").textContent = customerLabel(conv, id);
   const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
   $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
+  showStatus(conv.status);
   for (const message of conv.messages) appendMessage(message);
 }
 
@@ -344,6 +360,60 @@ $("reply").addEventListener("submit", (e) => {
   state.pending.set(clientId, frame);
   send(frame);
   $("reply-text").value = "";
+});
+
+async function setStatus(status) {
+  const id = state.open;
+  if (id === null) return;
+  await api(`/api/v1/conversations/${id}`, { method: "PATCH", body: JSON.stringify({ status }) });
+  showStatus(status);
+  if (status === "resolved") dropFromList(id);
+  else addConversation(id);
+}
+
+$("resolve").addEventListener("click", () => setStatus("resolved"));
+$("reopen").addEventListener("click", () => setStatus("open"));
+
+$("transfer-open").addEventListener("click", async () => {
+  const select = $("transfer-queue");
+  if (!select.options.length) {
+    for (const queue of await api("/api/v1/queues")) {
+      const option = el("option", "", queue.name);
+      option.value = queue.id;
+      select.append(option);
+    }
+  }
+  $("transfer").hidden = false;
+  select.focus();
+});
+$("transfer-cancel").addEventListener("click", () => ($("transfer").hidden = true));
+$("transfer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const id = state.open;
+  const note = $("transfer-note").value.trim();
+  await api(`/api/v1/conversations/${id}/transfer`, {
+    method: "POST",
+    body: JSON.stringify({ queue_id: Number($("transfer-queue").value), note: note || null }),
+  });
+  $("transfer").hidden = true;
+  $("transfer-note").value = "";
+  removeConversation(id);
+});
+
+// Keyboard: Alt+A accepts the oldest offer, Alt+R resolves, "/" goes to the reply box.
+document.addEventListener("keydown", (e) => {
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement?.tagName);
+  if (e.altKey && e.key.toLowerCase() === "a") {
+    const [first] = state.offers.values();
+    if (first) first.element.querySelector("button.primary").click();
+  } else if (e.altKey && e.key.toLowerCase() === "r" && state.open !== null) {
+    if (state.openStatus !== "resolved") setStatus("resolved");
+  } else if (e.key === "/" && !typing && state.open !== null) {
+    e.preventDefault();
+    $("reply-text").focus();
+  } else if (e.key === "Escape") {
+    $("transfer").hidden = true;
+  }
 });
 
 $("reply-text").addEventListener("keydown", (e) => {
