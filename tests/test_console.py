@@ -396,3 +396,57 @@ async def test_resolve_reopen_and_transfer_to_a_queue_with_a_note(
         )
     assert any("Courier lost it, refund?" in note for note in notes)
     assert task is not None and task.queue_id == escalations
+
+
+@pytest.mark.browser
+async def test_the_customer_panel_shows_every_channel_and_past_conversations_and_saves_edits(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "panel@test.local", Role.agent, None)
+    await make_inbox(rt, "email", "email", "support@test.local")
+    earlier = await ingest(rt, sms("First problem", sid="SM-panel-1"))
+    async with rt.db.write() as session:
+        old = await session.get(Conversation, earlier.conversation_id)
+        assert old is not None
+        old.status, old.active_key = "resolved", None
+    now = await ingest(rt, sms("Second problem", sid="SM-panel-2"))
+    assert now.conversation_id != earlier.conversation_id
+    admin = await make_person(rt, "panel-admin@test.local", Role.admin, None)
+    bearer = {"Authorization": f"Bearer {admin.token}"}
+    added = await live.client.post(
+        f"/api/v1/customers/{now.customer_id}/identities",
+        json={"kind": "email", "address": "Deniz@Example.com"},
+        headers=bearer,
+    )
+    assert added.status_code in (200, 201), added.text
+    async with rt.db.write() as session:
+        current = await session.get(Conversation, now.conversation_id)
+        assert current is not None
+        current.assignee_id = person.id
+
+    page = await new_page(viewport={"width": 1366, "height": 768})
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("panel@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator(".conversation-item").click()
+    panel = page.locator("#customer")
+    await expect(panel).to_be_visible()
+    await expect(panel.locator("#identities li")).to_have_text(
+        ["phone +14155550100", "email deniz@example.com"], ignore_case=True
+    )
+    await expect(panel.locator("#history li")).to_have_count(2)
+    await panel.locator(f'#history li[data-conversation-id="{earlier.conversation_id}"]').click()
+    await expect(page.locator("#timeline .msg .text")).to_have_text(["First problem"])
+
+    await panel.get_by_label("Name").fill("Deniz <b>Kaya</b>")
+    await panel.get_by_role("button", name="Save").click()
+    await expect(panel.locator("#profile-saved")).to_be_visible()
+    await expect(page.locator("#conv-title")).to_have_text("Deniz <b>Kaya</b>")
+    async with rt.db.read() as session:
+        from contact_center.models import Customer
+
+        customer = await session.get(Customer, now.customer_id)
+    assert customer is not None and customer.name == "Deniz <b>Kaya</b>"
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "console-customer.png"))

@@ -258,6 +258,7 @@ function removeConversation(id) {
   if (state.open === id) {
     state.open = null;
     $("conversation").hidden = true;
+    $("customer").hidden = true;
     $("pick").hidden = false;
   }
 }
@@ -290,6 +291,7 @@ async function openConversation(id) {
   const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
   $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
   showStatus(conv.status);
+  showCustomer(conv.customer, id);
   for (const message of conv.messages) appendMessage(message);
 }
 
@@ -360,6 +362,60 @@ $("reply").addEventListener("submit", (e) => {
   state.pending.set(clientId, frame);
   send(frame);
   $("reply-text").value = "";
+});
+
+// --- the customer 360 panel ---------------------------------------------------------------
+
+function showCustomer(customer, conversationId) {
+  if (!customer) return;
+  state.customer = customer;
+  $("customer").hidden = false;
+  $("profile-saved").hidden = true;
+  $("profile-name").value = customer.name || "";
+  $("profile-tier").value = customer.tier || "";
+  $("profile-email").textContent = customer.email || "–";
+  $("profile-phone").textContent = customer.phone || "–";
+  $("profile-locale").textContent = customer.locale || "–";
+  $("identities").replaceChildren(
+    ...(customer.identities || []).map((i) => {
+      const item = el("li");
+      item.append(el("span", "channel", i.kind), " ", i.address);
+      return item;
+    }),
+  );
+  $("history").replaceChildren();
+  api(`/api/v1/conversations?customer_id=${Number(customer.id)}&limit=20`)
+    .then((page) => {
+      if (state.open !== conversationId) return;
+      for (const conv of page.items) {
+        const item = el("li");
+        const when = conv.last_message_at ? new Date(conv.last_message_at).toLocaleDateString(body.dataset.locale) : "";
+        item.append(el("span", "channel", conv.channel), ` #${conv.id} · ${conv.status} · ${when}`);
+        item.dataset.conversationId = conv.id;
+        if (conv.id !== conversationId) {
+          item.dataset.open = "";
+          item.addEventListener("click", () => openConversation(conv.id));
+        }
+        $("history").append(item);
+      }
+    })
+    .catch(() => {});
+}
+
+$("profile").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const customer = state.customer;
+  if (!customer) return;
+  const updated = await api(`/api/v1/customers/${Number(customer.id)}`, {
+    method: "PATCH",
+    body: JSON.stringify({ name: $("profile-name").value.trim(), tier: $("profile-tier").value.trim() }),
+  });
+  state.customer = { ...customer, ...updated };
+  $("profile-saved").hidden = false;
+  const label = customerLabel({ customer: state.customer }, state.open);
+  $("conv-title").textContent = label;
+  const entry = state.conversations.get(state.open);
+  if (entry) entry.label.textContent = label;
 });
 
 async function setStatus(status) {
