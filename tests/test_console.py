@@ -450,3 +450,40 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     assert customer is not None and customer.name == "Deniz <b>Kaya</b>"
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-customer.png"))
+
+
+@pytest.mark.browser
+async def test_the_queue_view_filters_and_a_visitor_typing_shows_live(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    from tests.wshelpers import recv, send
+
+    await make_inbox(rt, "webchat", "webchat", "site", credentials={})
+    await make_person(rt, "queue@test.local", Role.agent, None)
+    page = await new_page()
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("queue@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+
+    chat_url = live.url.replace("http://", "ws://") + "/ws/chat?inbox=webchat"
+    async with connect(chat_url) as visitor:
+        await recv(visitor, "hello")
+        await send(visitor, "message.send", client_id="v1", text="Is anyone there?")
+        conversation_id = (await recv(visitor, "message.ack"))["data"]["conversation_id"]
+        waiting = page.locator("#waiting .conversation-item")
+        await expect(waiting).to_have_count(1)  # arrived live, unassigned
+        await page.get_by_label("Channel").select_option("sms")
+        await expect(waiting).to_be_hidden()
+        await page.get_by_label("Channel").select_option("")
+        await expect(waiting).to_be_visible()
+        await waiting.click()
+        await expect(page.locator("#timeline .msg .text")).to_have_text(["Is anyone there?"])
+
+        await send(visitor, "typing", typing=True)
+        await expect(page.get_by_text("The customer is typing…")).to_be_visible()
+        await page.get_by_label("Reply").press_sequentially("Hi")
+        typing = await recv(visitor, "typing")
+        assert typing["data"]["typing"] is True and typing["data"]["from"] == "agent"
+        assert typing["data"]["conversation_id"] == conversation_id

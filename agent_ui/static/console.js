@@ -105,6 +105,7 @@ function handle(frame) {
       if (state.lastEventId === null) {
         state.lastEventId = data.last_event_id;
         loadConversations();
+        loadWaiting();
       }
       $("presence").value = data.presence ? data.presence.state : "offline";
       for (const offer of data.pending_offers || []) showOffer(offer);
@@ -133,8 +134,10 @@ function handle(frame) {
       if (data.agent_id === me) $("presence").value = data.state;
       break;
     case "conversation.assigned":
+      dropWaiting(data.id);
       if (data.assignee_id === me) addConversation(data.id, null, data.channel);
       else removeConversation(data.id);
+      if (data.assignee_id === null && data.status === "open") addWaiting(data);
       break;
     case "conversation.updated":
       if (data.status && data.status !== "open") dropFromList(data.id);
@@ -145,6 +148,12 @@ function handle(frame) {
       break;
     case "message.status":
       updateStatus(data);
+      break;
+    case "typing":
+      if (data.conversation_id === state.open) showTyping(Boolean(data.typing));
+      break;
+    case "conversation.created":
+      if (data.assignee_id === null && data.status === "open") addWaiting(data);
       break;
   }
 }
@@ -339,6 +348,47 @@ function updateStatus(data) {
   }
 }
 
+// --- the customer typing, and the queue of unassigned conversations ---------------------------
+
+let typingTimer = null;
+function showTyping(on) {
+  $("typing").hidden = !on;
+  clearTimeout(typingTimer);
+  if (on) typingTimer = setTimeout(() => ($("typing").hidden = true), 6000);
+}
+
+const waiting = new Map(); // conversation_id -> {element, channel}
+async function loadWaiting() {
+  const page = await api("/api/v1/conversations?assignee=none&status=open&limit=100");
+  for (const conv of page.items.reverse()) addWaiting(conv);
+}
+
+function addWaiting(conv) {
+  if (waiting.has(conv.id) || state.conversations.has(conv.id)) return;
+  const item = el("li", "conversation-item");
+  item.dataset.conversationId = conv.id;
+  item.dataset.channel = conv.channel || "";
+  item.tabIndex = 0;
+  item.append(el("span", "channel", conv.channel || ""), el("span", "name", t("conversation", { id: conv.id })));
+  item.addEventListener("click", () => openConversation(conv.id));
+  $("waiting").prepend(item);
+  waiting.set(conv.id, { element: item });
+  filterWaiting();
+}
+
+function dropWaiting(id) {
+  const entry = waiting.get(id);
+  if (!entry) return;
+  entry.element.remove();
+  waiting.delete(id);
+}
+
+function filterWaiting() {
+  const channel = $("queue-filter").value;
+  for (const { element } of waiting.values()) element.hidden = Boolean(channel) && element.dataset.channel !== channel;
+}
+$("queue-filter").addEventListener("change", filterWaiting);
+
 function notice(text) {
   const line = el("li", "msg note", text);
   $("timeline").append(line);
@@ -470,6 +520,13 @@ document.addEventListener("keydown", (e) => {
   } else if (e.key === "Escape") {
     $("transfer").hidden = true;
   }
+});
+
+let lastTyping = 0;
+$("reply-text").addEventListener("input", () => {
+  if (state.open === null || $("reply-private").checked || Date.now() - lastTyping < 2000) return;
+  lastTyping = Date.now();
+  send({ type: "typing", data: { conversation_id: state.open, typing: true } });
 });
 
 $("reply-text").addEventListener("keydown", (e) => {
