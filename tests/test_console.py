@@ -375,7 +375,7 @@ async def test_resolve_reopen_and_transfer_to_a_queue_with_a_note(
     assert await status() == ("open", person.id)
 
     await page.get_by_role("button", name="Transfer").click()
-    await page.get_by_label("Queue").select_option(label="Escalations")
+    await page.get_by_label("Queue", exact=True).select_option(label="Escalations")
     await page.get_by_label("Note for the next agent (optional)").fill("Courier lost it, refund?")
     await page.locator("#transfer").get_by_role("button", name="Transfer").click()
     await expect(page.locator(".conversation-item")).to_have_count(0)
