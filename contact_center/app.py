@@ -22,6 +22,7 @@ from agent_ui import socket as agent_socket
 from contact_center import __version__
 from contact_center.api.admin import AgentController, InboxController, TeamController
 from contact_center.api.auth import AuthController
+from contact_center.api.canned import CannedResponseController
 from contact_center.api.conversations import AttachmentController, ConversationController
 from contact_center.api.customers import CustomerController
 from contact_center.api.health import MetricsController, healthz, readyz
@@ -113,6 +114,7 @@ def create_app(
             readyz,
             MetricsController,
             AuthController,
+            CannedResponseController,
             CustomerController,
             ConversationController,
             AttachmentController,

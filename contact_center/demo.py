@@ -15,7 +15,7 @@ from twilio.request_validator import RequestValidator
 from contact_center.auth import hash_password
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
-from contact_center.models import Agent, Inbox, Role, Team, TeamMember
+from contact_center.models import Agent, CannedResponse, Inbox, Role, Team, TeamMember
 from contact_center.runtime import Runtime
 from routing.models import Queue, RoutingRule
 
@@ -207,6 +207,12 @@ async def seed(rt: Runtime) -> bool:
                         created_at=now,
                     )
                 )
+        session.add_all(
+            CannedResponse(
+                title=title, shortcut=shortcut, body=body, created_at=now, updated_at=now
+            )
+            for title, shortcut, body in CANNED
+        )
     for i, (phone, name, text) in enumerate(CUSTOMERS):
         await rt.ingestor.ingest(
             InboundMessage(
@@ -219,6 +225,19 @@ async def seed(rt: Runtime) -> bool:
     await rt.committed()
     return True
 
+
+CANNED = [
+    (
+        "Greeting",
+        "hello",
+        "Hello {{customer.name}}, this is {{agent.name}}. How can I help you today?",
+    ),
+    (
+        "Selamlama",
+        "merhaba",
+        "Merhaba {{customer.name}}, ben {{agent.name}}. Size nasıl yardımcı olabilirim?",
+    ),
+]
 
 SIMULATED = [
     "Hello? Is anyone there?",

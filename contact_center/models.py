@@ -208,6 +208,22 @@ class Team(Base):
     )
 
 
+class CannedResponse(Base):
+    """A reply agents insert with a shortcut; ``{{customer.name}}``-style placeholders are
+    filled in the console. Without a team it is everyone's."""
+
+    __tablename__ = "canned_responses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(120))
+    shortcut: Mapped[str] = mapped_column(String(40), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    team_id: Mapped[int | None] = mapped_column(
+        ForeignKey("teams.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class AuthToken(Base):
     """An API or browser session. Only the SHA-256 of the secret is stored."""
 

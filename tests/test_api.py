@@ -959,3 +959,44 @@ async def test_huge_ids_are_a_client_error(rt: Runtime, path: str) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
         response = await c.get(path, headers=org.admin.headers)
     assert response.status_code == 400, response.text
+
+
+async def test_canned_responses_are_checked_and_scoped_to_teams(
+    client: httpx.AsyncClient, org: Org
+) -> None:
+    sup = bearer(org.supervisor.token)
+    url = "/api/v1/canned-responses"
+    good = {"title": "Refund", "shortcut": "refund", "body": "Hi {{customer.name}}, refunded."}
+    made = await client.post(url, json=good, headers=sup)
+    assert made.status_code == 201 and made.json()["shortcut"] == "refund"
+    for bad in (
+        {**good, "shortcut": "other", "body": "   "},
+        {**good, "shortcut": "Has Space"},
+        {**good, "shortcut": "-dash"},
+        {**good, "shortcut": "x" * 41},
+        {**good, "shortcut": "t1", "title": ""},
+        {**good, "shortcut": "t2", "colour": "red"},
+        {**good, "shortcut": "t3", "team_id": 999_999},
+    ):
+        response = await client.post(url, json=bad, headers=sup)
+        assert response.status_code == 400, (bad, response.text)
+    taken = await client.post(url, json={**good, "shortcut": "REFUND"}, headers=sup)
+    assert taken.status_code == 409
+    technical = await client.post(
+        url,
+        json={**good, "shortcut": "reset", "team_id": org.technical_team_id},
+        headers=sup,
+    )
+    assert technical.status_code == 201
+    # The billing agent sees everyone's responses, not the technical team's.
+    mine = await client.get(url, headers=bearer(org.agent.token))
+    assert [c["shortcut"] for c in mine.json()] == ["refund"]
+    theirs = await client.get(url, headers=bearer(org.other_agent.token))
+    assert [c["shortcut"] for c in theirs.json()] == ["refund", "reset"]
+    renamed = await client.patch(
+        f"{url}/{made.json()['id']}", json={"shortcut": "reset"}, headers=sup
+    )
+    assert renamed.status_code == 409
+    gone = await client.delete(f"{url}/{made.json()['id']}", headers=sup)
+    assert gone.status_code == 204
+    assert (await client.get(f"{url}", headers=sup)).json()[0]["shortcut"] == "reset"

@@ -26,7 +26,7 @@ import contact_center.auth as core_auth
 from contact_center.app import create_app
 from contact_center.auth import LoginThrottle
 from contact_center.ingest import InboundAttachment
-from contact_center.models import Agent, Attachment, Team
+from contact_center.models import Agent, Attachment, CannedResponse, Team
 from contact_center.runtime import Runtime
 from contact_center.settings import Settings
 from routing.engine import engine_of
@@ -54,6 +54,7 @@ class Ctx:
     rule_id: int
     offer_id: int
     other_conversation_id: int
+    canned_id: int
 
     def person(self, role: str) -> Person:
         return {
@@ -178,6 +179,25 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ),
     ("POST", "/api/v1/agents/{agent_id:int}/invite"): Rule(
         "admin", lambda c: (f"/api/v1/agents/{c.org.other_agent.id}/invite", None, 201)
+    ),
+    # canned responses (agents read, supervisors write)
+    ("GET", "/api/v1/canned-responses"): Rule(
+        "agent", lambda c: ("/api/v1/canned-responses", None, 200)
+    ),
+    ("POST", "/api/v1/canned-responses"): Rule(
+        "supervisor",
+        lambda c: (
+            "/api/v1/canned-responses",
+            {"title": "Hi", "shortcut": "hi", "body": "Hello {{customer.name}}"},
+            201,
+        ),
+    ),
+    ("PATCH", "/api/v1/canned-responses/{canned_id:int}"): Rule(
+        "supervisor",
+        lambda c: (f"/api/v1/canned-responses/{c.canned_id}", {"title": "Thank you"}, 200),
+    ),
+    ("DELETE", "/api/v1/canned-responses/{canned_id:int}"): Rule(
+        "supervisor", lambda c: (f"/api/v1/canned-responses/{c.canned_id}", None, 204)
     ),
     # teams (supervisors read, admins write)
     ("GET", "/api/v1/teams"): Rule("supervisor", lambda c: ("/api/v1/teams", None, 200)),
@@ -306,6 +326,16 @@ async def make_ctx(rt: Runtime) -> Ctx:
         session.add(spare)
         await session.flush()
         spare_id = spare.id
+        canned = CannedResponse(
+            title="Thanks",
+            shortcut="thanks",
+            body="Thank you, {{customer.name}}!",
+            created_at=rt.clock.now(),
+            updated_at=rt.clock.now(),
+        )
+        session.add(canned)
+        await session.flush()
+        canned_id = canned.id
         attachment_id = await session.scalar(
             select(Attachment.id).where(Attachment.message_id == first.message_id)
         )
@@ -338,6 +368,7 @@ async def make_ctx(rt: Runtime) -> Ctx:
         rule_id=rule_id,
         offer_id=offer_id,
         other_conversation_id=second.conversation_id,
+        canned_id=canned_id,
     )
 
 

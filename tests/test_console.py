@@ -487,3 +487,57 @@ async def test_the_queue_view_filters_and_a_visitor_typing_shows_live(
         typing = await recv(visitor, "typing")
         assert typing["data"]["typing"] is True and typing["data"]["from"] == "agent"
         assert typing["data"]["conversation_id"] == conversation_id
+
+
+@pytest.mark.browser
+async def test_a_canned_response_is_filled_in_and_reaches_the_customer(
+    rt: Runtime, live: LiveApp, standin: TwilioStandIn, new_page: NewPage
+) -> None:
+    from contact_center.models import CannedResponse, Customer
+
+    person = await make_person(rt, "canned@test.local", Role.agent, None)
+    result = await ingest(rt, sms("Hi", sid="SM-canned-1"))
+    async with rt.db.write() as session:
+        conversation = await session.get(Conversation, result.conversation_id)
+        customer = await session.get(Customer, result.customer_id)
+        assert conversation is not None and customer is not None
+        conversation.assignee_id = person.id
+        customer.name = "Deniz"
+        now = rt.clock.now()
+        session.add_all(
+            [
+                CannedResponse(
+                    title="Greeting",
+                    shortcut="hello",
+                    body="Hello {{customer.name}}, this is {{agent.name}} (#{{conversation.id}}).",
+                    created_at=now,
+                    updated_at=now,
+                ),
+                CannedResponse(
+                    title="Bye",
+                    shortcut="bye",
+                    body="Bye {{ customer.name }}!",
+                    created_at=now,
+                    updated_at=now,
+                ),
+            ]
+        )
+
+    page = await new_page()
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("canned@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator(".conversation-item").click()
+    await expect(page.locator("#customer")).to_be_visible()
+    reply = page.get_by_label("Reply")
+    await page.get_by_label("Canned response", exact=True).select_option("hello")
+    expected = f"Hello Deniz, this is Canned (#{result.conversation_id})."
+    await expect(reply).to_have_value(expected)
+    await reply.fill("")
+    await reply.press_sequentially("Thanks. /bye")
+    await reply.press("Tab")
+    await expect(reply).to_have_value("Thanks. Bye Deniz!")
+    await reply.fill(expected)
+    await page.get_by_role("button", name="Send").click()
+    assert await sent_texts(rt, standin) == [expected]

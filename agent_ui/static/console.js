@@ -106,6 +106,7 @@ function handle(frame) {
         state.lastEventId = data.last_event_id;
         loadConversations();
         loadWaiting();
+        loadCanned();
       }
       $("presence").value = data.presence ? data.presence.state : "offline";
       for (const offer of data.pending_offers || []) showOffer(offer);
@@ -522,6 +523,41 @@ document.addEventListener("keydown", (e) => {
   }
 });
 
+// --- canned responses: the menu, or "/shortcut" then Tab in the reply box -----------------------
+
+const canned = new Map(); // shortcut -> body
+async function loadCanned() {
+  for (const item of await api("/api/v1/canned-responses")) {
+    canned.set(item.shortcut, item.body);
+    const option = el("option", "", `/${item.shortcut} · ${item.title}`);
+    option.value = item.shortcut;
+    $("canned").append(option);
+  }
+}
+
+function fillPlaceholders(text) {
+  const values = {
+    "customer.name": state.customer?.name || "",
+    "agent.name": body.dataset.agentName || "",
+    "conversation.id": state.open ?? "",
+  };
+  return text.replace(/\{\{\s*([\w.]+)\s*\}\}/g, (whole, key) => (key in values ? String(values[key]) : whole));
+}
+
+function insertCanned(shortcut) {
+  const text = canned.get(shortcut);
+  if (text === undefined) return false;
+  const box = $("reply-text");
+  box.value = box.value.replace(/(^|\s)\/[\w-]*$/, "$1") + fillPlaceholders(text);
+  box.focus();
+  return true;
+}
+
+$("canned").addEventListener("change", (e) => {
+  insertCanned(e.target.value);
+  e.target.value = "";
+});
+
 let lastTyping = 0;
 $("reply-text").addEventListener("input", () => {
   if (state.open === null || $("reply-private").checked || Date.now() - lastTyping < 2000) return;
@@ -530,6 +566,10 @@ $("reply-text").addEventListener("input", () => {
 });
 
 $("reply-text").addEventListener("keydown", (e) => {
+  if (e.key === "Tab") {
+    const match = /(?:^|\s)\/([\w-]+)$/.exec($("reply-text").value);
+    if (match && insertCanned(match[1])) e.preventDefault();
+  }
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("reply").requestSubmit();
 });
 
