@@ -34,6 +34,7 @@ JS_STRINGS = {
     "customer": "Customer",
     "conversation": "Conversation #{id}",
     "cannot_open": "This conversation cannot be opened.",
+    "mentioned_by": "{name} mentioned you",
 }
 
 

@@ -54,6 +54,7 @@ PERSONAL = frozenset(
         "offer.expired",
         "offer.withdrawn",
         "presence.updated",
+        "mention.created",
     }
 )
 # Events about a conversation, sent when the agent may see the conversation.

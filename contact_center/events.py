@@ -26,6 +26,8 @@ EVENT_TYPES: Final = frozenset(
         # A stored message changed other than by status (an attachment downloaded after
         # ingest): the payload is the whole message view, plus a "reason".
         "message.updated",
+        # An internal note names an agent ("@ayse"): to that agent only.
+        "mention.created",
     }
 )
 

@@ -12,6 +12,7 @@ with the reason. A worker that dies mid-send leaves the message ``sending``; the
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +200,9 @@ async def reply(
     if not private:
         conversation.last_message_at = now
     await session.flush()
+    mentioned = await mentioned_agents(session, body) if private and "@" in body else []
+    if mentioned:
+        message.extra = {**message.extra, "mentions": [a.id for a in mentioned]}
     events.append(
         session,
         "message.created",
@@ -208,7 +212,43 @@ async def reply(
         customer_id=conversation.customer_id,
         agent_id=agent.id if agent is not None else None,
     )
+    for person in mentioned:
+        if agent is not None and person.id == agent.id:
+            continue
+        events.append(
+            session,
+            "mention.created",
+            {
+                "conversation_id": conversation.id,
+                "message_id": message.id,
+                "by_agent_id": agent.id if agent is not None else None,
+                "by_agent_name": agent.name if agent is not None else "",
+                "preview": body[:200],
+            },
+            clock=clock,
+            conversation_id=conversation.id,
+            customer_id=conversation.customer_id,
+            agent_id=person.id,
+        )
     return message, True
+
+
+MENTION = re.compile(r"(?<![\w@.])@([\w][\w.+-]*)", re.UNICODE)
+
+
+async def mentioned_agents(session: AsyncSession, text: str) -> list[Agent]:
+    """The active agents an internal note names: ``@`` + the local part of their email
+    (``@ayse`` for ayse@example.com) or their first name (``@Ayşe``), case-insensitively."""
+    tokens = {m.group(1).rstrip(".").casefold() for m in MENTION.finditer(text)}
+    if not tokens:
+        return []
+    found = []
+    for person in await session.scalars(select(Agent).where(Agent.is_active.is_(True))):
+        local = person.email.split("@", 1)[0].casefold()
+        first = (person.name.split() or [""])[0].casefold()
+        if local in tokens or first in tokens:
+            found.append(person)
+    return sorted(found, key=lambda a: a.id)
 
 
 async def _reply_address(session: AsyncSession, customer_id: int, channel: str) -> str | None:

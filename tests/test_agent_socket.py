@@ -123,6 +123,34 @@ async def test_hello_carries_the_offers_waiting_for_the_agent(
     assert waiting["conversation_id"] == conv and waiting["preview"] == "Still waiting on my refund"
 
 
+async def test_a_note_that_names_an_agent_reaches_only_them(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    conv = await arrive(rt, "Please call me back")
+    async with (
+        connect(ws_url(live, org.supervisor.token)) as writer,
+        connect(ws_url(live, org.other_agent.token)) as named,
+        connect(ws_url(live, org.agent.token)) as bystander,
+    ):
+        for ws in (writer, named, bystander):
+            await recv(ws, "hello")
+        text = "@other can you take this? (not @nobody, nor mail@other.example)"
+        await send(
+            writer, "message.send", conversation_id=conv, client_id="n1", text=text, private=True
+        )
+        assert (await recv(writer, "ack"))["data"]["duplicate"] is False
+        await settle(rt)
+        mention = await recv(named, "mention.created")
+        assert mention["conversation_id"] == conv
+        assert mention["data"]["by_agent_id"] == org.supervisor.id
+        assert mention["data"]["preview"] == text
+        frames = await drain(bystander)
+        assert not [f for f in frames if f["type"] == "mention.created"]
+    async with rt.db.read() as session:
+        note = await session.scalar(select(Message).where(Message.client_id == "n1"))
+    assert note is not None and note.extra["mentions"] == [org.other_agent.id]
+
+
 async def test_decline_goes_to_the_next_agent(rt: Runtime, org: Org, live: LiveApp) -> None:
     async with (
         connect(ws_url(live, org.agent.token)) as first,

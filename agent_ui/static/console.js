@@ -150,6 +150,9 @@ function handle(frame) {
     case "message.status":
       updateStatus(data);
       break;
+    case "mention.created":
+      showMention(data);
+      break;
     case "typing":
       if (data.conversation_id === state.open) showTyping(Boolean(data.typing));
       break;
@@ -389,6 +392,19 @@ function filterWaiting() {
   for (const { element } of waiting.values()) element.hidden = Boolean(channel) && element.dataset.channel !== channel;
 }
 $("queue-filter").addEventListener("change", filterWaiting);
+
+function showMention(data) {
+  const item = el("li", "mention");
+  item.dataset.conversationId = data.conversation_id;
+  item.append(el("div", "who", t("mentioned_by", { name: data.by_agent_name || "" })), el("div", "", data.preview || ""));
+  item.addEventListener("click", () => {
+    item.remove();
+    $("mentions-box").hidden = !$("mentions").children.length;
+    openConversation(data.conversation_id);
+  });
+  $("mentions").prepend(item);
+  $("mentions-box").hidden = false;
+}
 
 function notice(text) {
   const line = el("li", "msg note", text);
