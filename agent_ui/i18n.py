@@ -35,6 +35,7 @@ JS_STRINGS = {
     "conversation": "Conversation #{id}",
     "cannot_open": "This conversation cannot be opened.",
     "mentioned_by": "{name} mentioned you",
+    "merge_confirm": "Merge customer #{source} into customer #{target}? This cannot be undone.",
 }
 
 

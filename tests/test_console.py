@@ -450,6 +450,13 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     assert customer is not None and customer.name == "Deniz <b>Kaya</b>"
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-customer.png"))
+    # On a tablet held upright the columns stack: nothing is cut off sideways.
+    await page.set_viewport_size({"width": 820, "height": 1180})
+    await expect(page.get_by_label("Reply")).to_be_visible()
+    await expect(panel).to_be_visible()
+    overflow = await page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    await page.screenshot(path=str(ARTIFACTS / "console-tablet.png"), full_page=True)
 
 
 @pytest.mark.browser
@@ -541,3 +548,33 @@ async def test_a_canned_response_is_filled_in_and_reaches_the_customer(
     await reply.fill(expected)
     await page.get_by_role("button", name="Send").click()
     assert await sent_texts(rt, standin) == [expected]
+
+
+@pytest.mark.browser
+async def test_merging_the_customer_into_another_brings_their_channels_together(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "merge@test.local", Role.agent, None)
+    other = await ingest(rt, sms("From my work phone", sid="SM-m-1", phone="+14155550199"))
+    mine = await ingest(rt, sms("From my own phone", sid="SM-m-2"))
+    async with rt.db.write() as session:
+        conversation = await session.get(Conversation, mine.conversation_id)
+        assert conversation is not None
+        conversation.assignee_id = person.id
+
+    page = await new_page()
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.goto(live.url + "/agent/login")
+    await page.get_by_label("Email").fill("merge@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#conversations .conversation-item").click()
+    identities = page.locator("#identities li")
+    await expect(identities).to_have_text(["phone +14155550100"])
+    await page.get_by_label("Merge into customer #").fill(str(other.customer_id))
+    await page.get_by_role("button", name="Merge", exact=True).click()
+    await expect(identities).to_have_count(2)
+    await expect(page.locator("#history li")).to_have_count(2)
+    async with rt.db.read() as session:
+        moved = await session.get(Conversation, mine.conversation_id, populate_existing=True)
+    assert moved is not None and moved.customer_id == other.customer_id

@@ -485,6 +485,29 @@ $("profile").addEventListener("submit", async (e) => {
   if (entry) entry.label.textContent = label;
 });
 
+// Merge the shown customer into another (the same person who wrote from another address):
+// their channels and conversations move to the other profile.
+$("merge").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const source = state.customer;
+  const target = Number($("merge-target").value);
+  if (!source || !target || target === source.id) return;
+  if (!confirm(t("merge_confirm", { source: source.id, target }))) return;
+  try {
+    await api("/api/v1/customers/merge", {
+      method: "POST",
+      body: JSON.stringify({ source_id: source.id, target_id: target }),
+    });
+  } catch (error) {
+    $("merge-error").textContent = String(error.message).slice(0, 200);
+    $("merge-error").hidden = false;
+    return;
+  }
+  $("merge-error").hidden = true;
+  $("merge-target").value = "";
+  if (state.open !== null) openConversation(state.open);
+});
+
 async function setStatus(status) {
   const id = state.open;
   if (id === null) return;
