@@ -23,7 +23,7 @@ from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from channels.twilio_media import MAX_MEDIA_ITEMS, MEDIA_PENDING, enqueue_media
+from channels.twilio_media import MAX_MEDIA_ITEMS, MEDIA_PENDING, enqueue_media, mark_media_due
 from channels.webhooks import public_url, runtime_of
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_phone
 from contact_center.ingest import InboundMessage
@@ -211,6 +211,7 @@ async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
     if media:
         # After the commit and before the 2xx: if we die in between, Twilio posts again and
         # the replay (a duplicate) enqueues whatever is still pending.
+        await mark_media_due(rt, result.message_id)
         await enqueue_media(rt, result.message_id)
     return _twiml()
 

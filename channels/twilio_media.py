@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import copy
 import logging
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from channels.media import MediaError, MediaHosts, fetch_media
 from contact_center import events
 from contact_center.attachments import AttachmentRejected
 from contact_center.jobs import MAX_TRIES, RetryJob, job
-from contact_center.models import Attachment, Inbox, Message
+from contact_center.models import Attachment, Direction, Inbox, Message
 from contact_center.runtime import Runtime
 from contact_center.views import message_view
 
@@ -30,6 +31,9 @@ MEDIA_JOB = "twilio.media"
 MEDIA_TIMEOUT = 30.0
 MEDIA_MAX_ATTEMPTS = MAX_TRIES  # the job runners' tries: the last one records the failure
 MEDIA_PENDING, MEDIA_STORED, MEDIA_FAILED = "pending", "stored", "download_failed"
+# A message whose media is still pending this long after it came (its jobs lost with a dead
+# worker or process) has them enqueued again by the sweep.
+MEDIA_SWEEP_AFTER = timedelta(minutes=10)
 
 # Twilio's media hosts: the API (which answers with a redirect to a short-lived CDN URL) and
 # its CDN; accounts without media authentication still get Twilio's bucket on S3.
@@ -40,6 +44,56 @@ TWILIO_MEDIA_HOSTS = MediaHosts(
 )
 # Basic auth (account SID + auth token) goes to the API only, never to a CDN.
 MEDIA_AUTH_HOSTS = frozenset({"api.twilio.com"})
+
+
+async def mark_media_due(rt: Runtime, message_id: int) -> None:
+    """Give a message with media a sweep deadline (``next_attempt_at``, indexed), kept if set:
+    the webhook does this before enqueueing the jobs, so a lost job is found again."""
+    async with rt.db.write() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.next_attempt_at.is_(None))
+            .values(next_attempt_at=rt.clock.now() + MEDIA_SWEEP_AFTER)
+        )
+
+
+async def sweep(rt: Runtime) -> int:
+    """Enqueue again the media of inbound messages past their deadline that still have items
+    pending; clear the deadline of those that have none. Run by the scheduler."""
+    now = rt.clock.now()
+    async with rt.db.write() as session:
+        due = (
+            await session.execute(
+                select(Message.id, Message.extra)
+                .where(Message.direction == Direction.inbound, Message.next_attempt_at <= now)
+                .order_by(Message.next_attempt_at)
+                .limit(100)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        pending = [mid for mid, extra in due if _has_pending(extra)]
+        done = [mid for mid, extra in due if not _has_pending(extra)]
+        if pending:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(pending))
+                .values(next_attempt_at=now + MEDIA_SWEEP_AFTER)
+            )
+        if done:
+            await session.execute(
+                update(Message).where(Message.id.in_(done)).values(next_attempt_at=None)
+            )
+    for message_id in pending:
+        log.info("media of message %s still pending: enqueued again", message_id)
+        await enqueue_media(rt, message_id)
+    return len(pending)
+
+
+def _has_pending(extra: dict[str, Any] | None) -> bool:
+    return any(
+        isinstance(item, dict) and item.get("status") == MEDIA_PENDING
+        for item in (extra or {}).get("media") or []
+    )
 
 
 async def enqueue_media(rt: Runtime, message_id: int) -> None:
@@ -123,6 +177,8 @@ async def media_job(rt: Runtime, payload: dict[str, Any]) -> None:
         media[index] |= {"status": MEDIA_STORED, "attachment_id": attachment.id}
         media[index].pop("reason", None)
         message.extra = {**message.extra, "media": media}
+        if not _has_pending(message.extra):
+            message.next_attempt_at = None  # nothing left for the sweep
         query = select(Attachment).where(Attachment.message_id == message.id)
         attachments = (await session.scalars(query.order_by(Attachment.id))).all()
         events.append(

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import channels
-from channels import imap
+from channels import imap, twilio_media
 from contact_center import autoreply, outbound
 from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
@@ -49,6 +49,7 @@ def periodic() -> list[Periodic]:
     return [
         Periodic("outbound-sweep", 1.0, outbound.sweep),
         Periodic("imap-poll", 5.0, imap.schedule_polls),
+        Periodic("media-sweep", 30.0, twilio_media.sweep),
     ]
 
 

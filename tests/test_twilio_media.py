@@ -13,7 +13,14 @@ import pytest
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from channels.twilio_media import MEDIA_MAX_ATTEMPTS, enqueue_media, media_job
+from channels.twilio_media import (
+    MEDIA_MAX_ATTEMPTS,
+    enqueue_media,
+    mark_media_due,
+    media_job,
+    sweep,
+)
+from contact_center.clock import ManualClock
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
 from contact_center.jobs import RetryJob
@@ -311,3 +318,48 @@ async def test_media_the_store_refuses_is_recorded_as_failed(
     assert item["status"] == "download_failed"
     assert why in item["reason"]
     assert await attachments(rt) == []
+
+
+async def test_media_whose_jobs_were_lost_is_fetched_by_the_sweep(
+    rt: Runtime, live: LiveApp, standin: TwilioStandIn, clock: ManualClock
+) -> None:
+    url = standin.add_media(MMS_SID, PNG, "image/png")
+    # What the webhook leaves when the process dies after the commit and its jobs are lost:
+    # the message with its media pending and a sweep deadline, and no job anywhere.
+    result = await rt.ingestor.ingest(
+        InboundMessage(
+            inbox_id="sms",
+            provider_message_id=MMS_SID,
+            sender=IdentityRef.of("phone", CUSTOMER),
+            text="photo",
+            extra={"media": [{"url": url, "content_type": "image/png", "status": "pending"}]},
+        )
+    )
+    await mark_media_due(rt, result.message_id)
+    assert await sweep(rt) == 0  # not due yet: the first jobs may still be running
+
+    clock.advance(minutes=11)
+    assert await sweep(rt) == 1
+    await run_jobs(rt)
+    [attachment] = await attachments(rt)
+    assert attachment.message_id == result.message_id
+    message = await the_message(rt)
+    assert message.extra["media"][0]["status"] == "stored"
+    assert message.next_attempt_at is None  # done: the sweep forgets it
+    fetches = len(standin.media_requests)
+    clock.advance(minutes=30)
+    assert await sweep(rt) == 0
+    await run_jobs(rt)
+    assert len(standin.media_requests) == fetches
+
+
+async def test_the_webhook_gives_media_a_sweep_deadline_that_the_download_clears(
+    rt: Runtime, live: LiveApp, standin: TwilioStandIn
+) -> None:
+    urls = [(standin.add_media(MMS_SID, PNG, "image/png"), "image/png")]
+    await post(live, mms(MMS_SID, urls))
+    async with rt.db.read() as session:
+        due = await session.scalar(select(Message.next_attempt_at))
+    assert due is not None
+    await run_jobs(rt)
+    assert (await the_message(rt)).next_attempt_at is None
