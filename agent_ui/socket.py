@@ -67,6 +67,8 @@ CONVERSATION = frozenset(
         "message.status",
     }
 )
+# SLA warnings and breaches: to the conversation's assignee and to supervisors.
+SLA = frozenset({"sla.warning", "sla.breached"})
 WIRE_TYPE = {"offer.created": "offer"}
 
 
@@ -107,6 +109,8 @@ class AgentSession:
         kind = env.get("type")
         if kind in PERSONAL:
             return env.get("agent_id") == self.agent.id
+        if kind in SLA:
+            return self.sees_everything or env.get("agent_id") == self.agent.id
         if kind in CONVERSATION:
             # Assignment and team changes can change what the agent may see: look again.
             fresh = kind in ("conversation.assigned", "conversation.updated")
@@ -131,7 +135,7 @@ class AgentSession:
 
     async def backlog(self, after: int) -> None:
         """Every event after ``after`` this agent may see, in order (then live ones follow)."""
-        types = PERSONAL | CONVERSATION
+        types = PERSONAL | CONVERSATION | SLA
         while True:
             async with self.rt.db.read() as session:
                 rows = (

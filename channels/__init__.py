@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contact_center.outbound import ChannelSender
+from contact_center.outbound import ChannelSender, Notifier
 
 
 def senders() -> dict[str, ChannelSender]:
@@ -41,3 +41,10 @@ def route_handlers() -> list[Any]:
         *webchat.route_handlers,
         *webchat_offline.route_handlers,
     ]
+
+
+def notifiers() -> dict[str, Notifier]:
+    """Inbox kind -> notifier, for SLA escalations."""
+    from channels import email, slack
+
+    return {"email": email.EmailNotifier(), "slack": slack.SlackNotifier()}

@@ -378,25 +378,56 @@ class SmtpSender:
                 filename=att.filename,
             )
 
-        def transmit() -> None:
-            port = int(creds.get("smtp_port", 587))
-            with smtplib.SMTP(host, port, timeout=30) as client:
-                if str(creds.get("starttls", "")).lower() in ("1", "true", "yes"):
-                    client.starttls()
-                if creds.get("username"):
-                    client.login(str(creds["username"]), str(creds.get("password", "")))
-                client.send_message(mail)
-
-        try:
-            await asyncio.to_thread(transmit)
-        except smtplib.SMTPResponseException as exc:
-            raise SendError(
-                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", retryable=400 <= exc.smtp_code < 500
-            ) from exc
-        except (smtplib.SMTPException, OSError) as exc:
-            raise SendError(f"SMTP unreachable: {exc}", retryable=True) from exc
+        await smtp_send(creds, mail)
         return SendResult(message_id)
 
 
+class EmailNotifier:
+    """Staff notifications (SLA escalations) from an email inbox's address."""
+
+    async def notify(self, inbox: Inbox, to: str, subject: str, text: str) -> None:
+        mail = EmailMessage()
+        mail["From"] = inbox.address
+        mail["To"] = to
+        mail["Subject"] = subject
+        mail["Message-ID"] = make_msgid(domain=inbox.address.split("@")[-1])
+        mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: never answered automatically
+        mail.set_content(text)
+        await smtp_send(inbox.credentials, mail)
+
+
+async def smtp_send(creds: dict[str, Any], mail: EmailMessage) -> None:
+    """Hand ``mail`` to an inbox's SMTP relay; ``SendError`` (retryable on 4xx and network
+    errors) when it is not accepted."""
+    host = creds.get("smtp_host")
+    if not host:
+        raise SendError("the inbox has no smtp_host", retryable=False)
+
+    def transmit() -> None:
+        port = int(creds.get("smtp_port", 587))
+        with smtplib.SMTP(str(host), port, timeout=30) as client:
+            if str(creds.get("starttls", "")).lower() in ("1", "true", "yes"):
+                client.starttls()
+            if creds.get("username"):
+                client.login(str(creds["username"]), str(creds.get("password", "")))
+            client.send_message(mail)
+
+    try:
+        await asyncio.to_thread(transmit)
+    except smtplib.SMTPResponseException as exc:
+        raise SendError(
+            f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", retryable=400 <= exc.smtp_code < 500
+        ) from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        raise SendError(f"SMTP unreachable: {exc}", retryable=True) from exc
+
+
 route_handlers = [email_inbound]
-__all__ = ["InboundMailHandler", "SmtpSender", "parse_email", "serve_smtp"]
+__all__ = [
+    "EmailNotifier",
+    "InboundMailHandler",
+    "SmtpSender",
+    "parse_email",
+    "serve_smtp",
+    "smtp_send",
+]

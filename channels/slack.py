@@ -183,4 +183,21 @@ class SlackSender:
         return SendResult(f"{response['channel']}:{response['ts']}")
 
 
+class SlackNotifier:
+    """Staff notifications (SLA escalations) posted to a channel by the inbox's bot."""
+
+    async def notify(self, inbox: Inbox, to: str, subject: str, text: str) -> None:
+        token = str(inbox.credentials.get("bot_token", ""))
+        if not token:
+            raise SendError("the inbox has no Slack bot_token", retryable=False)
+        client = _client(token, inbox.api_base_url)
+        try:
+            await client.chat_postMessage(channel=to, text=f"*{subject}*\n{text}")
+        except SlackApiError as exc:
+            error = str(exc.response.get("error", "unknown"))
+            raise SendError(f"Slack refused: {error}", retryable=error in RETRYABLE_ERRORS) from exc
+        except (SlackClientError, OSError) as exc:
+            raise SendError(f"Slack unreachable: {exc}", retryable=True) from exc
+
+
 route_handlers = [slack_events]

@@ -132,6 +132,13 @@ class ChannelSender(Protocol):
     async def send(self, message: OutboundMessage) -> SendResult: ...
 
 
+class Notifier(Protocol):
+    """Tells staff something (an SLA escalation) through an inbox of its channel: an email to
+    an address, a Slack message to a channel. Raises ``SendError``."""
+
+    async def notify(self, inbox: Inbox, to: str, subject: str, text: str) -> None: ...
+
+
 async def reply(
     session: AsyncSession,
     *,

@@ -18,7 +18,7 @@ from contact_center.settings import Settings
 
 if TYPE_CHECKING:
     from contact_center.jobs import JobQueue
-    from contact_center.outbound import ChannelSender
+    from contact_center.outbound import ChannelSender, Notifier
 
 WAKE_CHANNEL = "relay.wake"
 
@@ -44,6 +44,8 @@ class Runtime:
     ingestor: Ingestor
     jobs: JobQueue = field(init=False)
     senders: dict[str, ChannelSender] = field(default_factory=dict)
+    # Inbox kind -> how staff are notified through it ("email", "slack").
+    notifiers: dict[str, Notifier] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def committed(self) -> None:

@@ -24,8 +24,9 @@ from contact_center.runtime import Runtime
 from contact_center.scheduler import Periodic, Scheduler
 from contact_center.settings import Settings, get_settings
 from routing import engine as routing_engine
+from routing import escalation, sla
 
-register_event_types(*routing_engine.EVENT_TYPES)
+register_event_types(*routing_engine.EVENT_TYPES, *sla.EVENT_TYPES)
 
 
 def subscriptions() -> list[JobSubscription]:
@@ -42,6 +43,15 @@ def subscriptions() -> list[JobSubscription]:
             key=lambda e: f"auto-reply:{e['data']['id']}",
             payload=lambda e: {"conversation_id": e["data"]["id"]},
         ),
+        JobSubscription(
+            job=escalation.JOB,
+            matches=escalation.wants_escalation,
+            key=lambda e: f"sla-escalate:{e['data']['clock_id']}:{e['type']}",
+            payload=lambda e: {
+                "clock_id": e["data"]["clock_id"],
+                "kind": escalation.KIND[e["type"]],
+            },
+        ),
     ]
 
 
@@ -50,6 +60,7 @@ def periodic() -> list[Periodic]:
         Periodic("outbound-sweep", 1.0, outbound.sweep),
         Periodic("imap-poll", 5.0, imap.schedule_polls),
         Periodic("media-sweep", 30.0, twilio_media.sweep),
+        Periodic("sla", 1.0, sla.run_periodic),
     ]
 
 
@@ -69,6 +80,7 @@ async def build_runtime(
         store=store,
         ingestor=Ingestor(db, store, clock),
         senders=channels.senders(),
+        notifiers=channels.notifiers(),
     )
     rt.jobs = (
         RqJobs(settings.redis_url, settings.rq_queue) if settings.redis_url else InProcessJobs(rt)

@@ -36,6 +36,7 @@ from contact_center.models import (
     TeamMember,
 )
 from contact_center.views import conversation_view, ts
+from routing import sla
 from routing.models import (
     DEFAULT_CAPACITY,
     AgentStateLog,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRIORITY_STEP = 300.0  # seconds of waiting one priority level is worth
+NO_SLA_OFFSET = 365 * 24 * 3600.0  # tasks without an SLA deadline rank after those with one
 PAGE = 500
 OFFER_BATCH = 200  # offers committed per transaction
 # The longest the engine plans on an unreloaded picture of the agents. Changes to agents reload
@@ -355,8 +357,16 @@ async def routing_config(session: AsyncSession) -> tuple[dict[int, Queue], list[
     return queues, rules
 
 
-def task_rank(enqueued_at: datetime, queue_priority: int, priority: int) -> float:
-    return enqueued_at.timestamp() - (queue_priority + priority) * PRIORITY_STEP
+def task_rank(
+    enqueued_at: datetime, queue_priority: int, priority: int, deadline: datetime | None = None
+) -> float:
+    """Lower goes first. With an SLA response deadline: the deadline less the queue's priority
+    bonus; without: the virtual deadline (waiting time plus priority bonuses) a year later, so
+    conversations with a promise come first (docs/architecture.md §12, §14)."""
+    if deadline is not None:
+        return deadline.timestamp() - queue_priority * PRIORITY_STEP
+    virtual = enqueued_at.timestamp() - (queue_priority + priority) * PRIORITY_STEP
+    return virtual + NO_SLA_OFFSET
 
 
 def frees_or_changes_agents(env: dict[str, Any]) -> bool:
@@ -507,6 +517,7 @@ class RoutingEngine:
                 )
                 for conv, kind, tier, locale in rows
             }
+            due = await sla.deadlines(session, ids)
             sticky = await self._last_agents(
                 session,
                 [conv for conv, *_ in rows if (q := chosen[conv.id]) and q.sticky_seconds > 0],
@@ -516,7 +527,9 @@ class RoutingEngine:
             queue = chosen[conv.id]
             if queue is None:
                 continue
-            values.append(self._task_values(conv, kind, queue, sticky.get(conv.id), now))
+            values.append(
+                self._task_values(conv, kind, queue, sticky.get(conv.id), now, due.get(conv.id))
+            )
         if not values:
             return 0
         insert_fn = sqlite_insert if self.rt.db.is_sqlite else pg_insert
@@ -556,6 +569,7 @@ class RoutingEngine:
         queue: Queue,
         sticky_agent: int | None,
         now: datetime,
+        deadline: datetime | None = None,
     ) -> dict[str, Any]:
         return {
             "conversation_id": conversation.id,
@@ -564,7 +578,7 @@ class RoutingEngine:
             "channel": channel_class(kind).value,
             "language": queue.language or conversation.language,
             "status": TaskStatus.waiting.value,
-            "rank": task_rank(now, queue.priority, conversation.priority),
+            "rank": task_rank(now, queue.priority, conversation.priority, deadline),
             "enqueued_at": now,
             "stage": 0,
             "any_team_agent": False,
@@ -580,6 +594,7 @@ class RoutingEngine:
         """A task built inside the caller's transaction (transfers, re-queues)."""
         inbox = await session.get(Inbox, conversation.inbox_id)
         sticky = await self._last_agents(session, [conversation]) if queue.sticky_seconds else {}
+        due = await sla.deadlines(session, [conversation.id])
         return RoutingTask(
             **self._task_values(
                 conversation,
@@ -587,6 +602,7 @@ class RoutingEngine:
                 queue,
                 sticky.get(conversation.id),
                 self.clock.now(),
+                due.get(conversation.id),
             )
         )
 
@@ -1260,35 +1276,49 @@ class RoutingEngine:
         self, conversation_id: int, queue_id: int, *, by_agent_id: int | None
     ) -> RoutingTask:
         async with self.rt.db.write() as session:
-            conversation = await session.get(Conversation, conversation_id, with_for_update=True)
-            queue = await session.get(Queue, queue_id)
-            if conversation is None or queue is None:
-                raise RoutingError("no such conversation or queue")
-            if conversation.status != ConversationStatus.open:
-                raise RoutingError("only open conversations can be queued")
-            live = await session.scalar(
-                select(RoutingTask)
-                .where(RoutingTask.active_conversation_id == conversation_id)
-                .with_for_update()
+            return await self.transfer_to_queue_in(
+                session, conversation_id, queue_id, by_agent_id=by_agent_id
             )
-            if live is not None:
-                await withdraw_offers(
-                    session, self.clock, task_id=live.id, reason="transferred", requeue=False
-                )
-                live.status = TaskStatus.cancelled.value
-                live.active_conversation_id = None
-                live.ended_at = self.clock.now()
-                await session.flush()
-            if conversation.assignee_id is not None:
-                await self._unassign(session, conversation, reason="transferred to a queue")
-            task = await self._new_task(session, conversation, queue)
-            task.sticky_agent_id = None
-            task.sticky_until = None
-            if by_agent_id is not None:
-                task.excluded = [by_agent_id]
-            session.add(task)
+
+    async def transfer_to_queue_in(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        queue_id: int,
+        *,
+        by_agent_id: int | None,
+        reason: str = "transferred to a queue",
+    ) -> RoutingTask:
+        """``transfer_to_queue`` inside the caller's transaction (SLA escalations)."""
+        conversation = await session.get(Conversation, conversation_id, with_for_update=True)
+        queue = await session.get(Queue, queue_id)
+        if conversation is None or queue is None:
+            raise RoutingError("no such conversation or queue")
+        if conversation.status != ConversationStatus.open:
+            raise RoutingError("only open conversations can be queued")
+        live = await session.scalar(
+            select(RoutingTask)
+            .where(RoutingTask.active_conversation_id == conversation_id)
+            .with_for_update()
+        )
+        if live is not None:
+            await withdraw_offers(
+                session, self.clock, task_id=live.id, reason="transferred", requeue=False
+            )
+            live.status = TaskStatus.cancelled.value
+            live.active_conversation_id = None
+            live.ended_at = self.clock.now()
             await session.flush()
-            return task
+        if conversation.assignee_id is not None:
+            await self._unassign(session, conversation, reason=reason)
+        task = await self._new_task(session, conversation, queue)
+        task.sticky_agent_id = None
+        task.sticky_until = None
+        if by_agent_id is not None:
+            task.excluded = [by_agent_id]
+        session.add(task)
+        await session.flush()
+        return task
 
     # ----- the loop
 

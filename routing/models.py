@@ -180,3 +180,91 @@ class Offer(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     answered_at: Mapped[datetime | None]
+
+
+# --------------------------------------------------------------------------- SLA (§14)
+
+
+class SlaMetric(enum.StrEnum):
+    first_response = "first_response"
+    next_response = "next_response"
+    periodic_update = "periodic_update"
+    resolution = "resolution"
+
+
+class ClockStatus(enum.StrEnum):
+    running = "running"
+    paused = "paused"
+    fulfilled = "fulfilled"
+    cancelled = "cancelled"
+
+
+class BusinessHours(Base):
+    """A named business-hours calendar (the dict of ``contact_center.calendars``)."""
+
+    __tablename__ = "business_hours"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    calendar: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SlaPolicy(Base):
+    __tablename__ = "sla_policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # {"priorities": ["urgent"], "channels": [...], "inbox_ids": [...], "tiers": [...],
+    #  "ticket_types": [...]}: every given condition must hold.
+    conditions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # {"high": {"first_response": {"minutes": 30, "business": true}, ...}, ...}
+    targets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    business_hours_id: Mapped[int | None] = mapped_column(
+        ForeignKey("business_hours.id", ondelete="SET NULL")
+    )
+    warn_at: Mapped[float] = mapped_column(Float, default=0.8)
+    # [{"on": "breach", "metrics": ["first_response"], "action": "raise_priority"}, ...]
+    escalations: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SlaClock(Base):
+    """One cycle of one SLA metric on one conversation (docs/architecture.md §14)."""
+
+    __tablename__ = "sla_clocks"
+    __table_args__ = (
+        Index(None, "conversation_id", "metric"),
+        Index(
+            "ix_sla_clocks_next_check_at",
+            "next_check_at",
+            sqlite_where=text("next_check_at IS NOT NULL"),
+            postgresql_where=text("next_check_at IS NOT NULL"),
+        ),
+        Index(None, "closed_at"),
+        Index(None, "due_at"),
+    )
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    policy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sla_policies.id", ondelete="SET NULL")
+    )
+    metric: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(12), default=ClockStatus.running.value)
+    # "<conversation>:<metric>" while running or paused, else NULL: one open cycle per metric.
+    open_key: Mapped[str | None] = mapped_column(String(60), unique=True)
+    target_seconds: Mapped[int] = mapped_column(Integer)
+    business: Mapped[bool] = mapped_column(Boolean, default=False)
+    consumed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    run_started_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None]
+    warn_at: Mapped[datetime | None]
+    next_check_at: Mapped[datetime | None]
+    started_at: Mapped[datetime]
+    warned_at: Mapped[datetime | None]
+    breached_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    # Escalation steps done: "breach:0", "warning:1" (index into the policy's escalations).
+    escalated: Mapped[list[str]] = mapped_column(JSONType, default=list)

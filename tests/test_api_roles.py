@@ -30,7 +30,7 @@ from contact_center.models import Agent, Attachment, CannedResponse, Team
 from contact_center.runtime import Runtime
 from contact_center.settings import Settings
 from routing.engine import engine_of
-from routing.models import Offer, Presence, RoutingRule
+from routing.models import BusinessHours, Offer, Presence, RoutingRule, SlaPolicy
 from tests.helpers import Org, Person, ingest, make_inbox, make_org, sms
 from tests.routing_helpers import make_queue, make_rule, presence
 
@@ -55,6 +55,8 @@ class Ctx:
     offer_id: int
     other_conversation_id: int
     canned_id: int
+    hours_id: int
+    policy_id: int
 
     def person(self, role: str) -> Person:
         return {
@@ -199,6 +201,50 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/canned-responses/{canned_id:int}"): Rule(
         "supervisor", lambda c: (f"/api/v1/canned-responses/{c.canned_id}", None, 204)
     ),
+    # SLA: business hours and policies (supervisors read, admins write); a conversation's clocks
+    ("GET", "/api/v1/business-hours"): Rule(
+        "supervisor", lambda c: ("/api/v1/business-hours", None, 200)
+    ),
+    ("POST", "/api/v1/business-hours"): Rule(
+        "admin",
+        lambda c: (
+            "/api/v1/business-hours",
+            {"name": "24/7", "calendar": {"always_open": True}},
+            201,
+        ),
+    ),
+    ("GET", "/api/v1/business-hours/{hours_id:int}"): Rule(
+        "supervisor", lambda c: (f"/api/v1/business-hours/{c.hours_id}", None, 200)
+    ),
+    ("PATCH", "/api/v1/business-hours/{hours_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/business-hours/{c.hours_id}", {"name": "Office"}, 200)
+    ),
+    ("DELETE", "/api/v1/business-hours/{hours_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/business-hours/{c.hours_id}", None, 204)
+    ),
+    ("GET", "/api/v1/sla-policies"): Rule(
+        "supervisor", lambda c: ("/api/v1/sla-policies", None, 200)
+    ),
+    ("POST", "/api/v1/sla-policies"): Rule(
+        "admin",
+        lambda c: (
+            "/api/v1/sla-policies",
+            {"name": "VIP", "targets": {"urgent": {"first_response": {"minutes": 5}}}},
+            201,
+        ),
+    ),
+    ("GET", "/api/v1/sla-policies/{policy_id:int}"): Rule(
+        "supervisor", lambda c: (f"/api/v1/sla-policies/{c.policy_id}", None, 200)
+    ),
+    ("PATCH", "/api/v1/sla-policies/{policy_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/sla-policies/{c.policy_id}", {"warn_at": 0.5}, 200)
+    ),
+    ("DELETE", "/api/v1/sla-policies/{policy_id:int}"): Rule(
+        "admin", lambda c: (f"/api/v1/sla-policies/{c.policy_id}", None, 204)
+    ),
+    ("GET", "/api/v1/conversations/{conversation_id:int}/sla"): Rule(
+        "agent", lambda c: (f"/api/v1/conversations/{c.conversation_id}/sla", None, 200)
+    ),
     # teams (supervisors read, admins write)
     ("GET", "/api/v1/teams"): Rule("supervisor", lambda c: ("/api/v1/teams", None, 200)),
     ("POST", "/api/v1/teams"): Rule(
@@ -334,8 +380,21 @@ async def make_ctx(rt: Runtime) -> Ctx:
             updated_at=rt.clock.now(),
         )
         session.add(canned)
+        now = rt.clock.now()
+        hours = BusinessHours(
+            name="Weekdays", calendar={"always_open": True}, created_at=now, updated_at=now
+        )
+        policy = SlaPolicy(
+            name="Standard",
+            targets={"normal": {"first_response": {"minutes": 30, "business": False}}},
+            conditions={},
+            escalations=[],
+            created_at=now,
+            updated_at=now,
+        )
+        session.add_all([hours, policy])
         await session.flush()
-        canned_id = canned.id
+        canned_id, hours_id, policy_id = canned.id, hours.id, policy.id
         attachment_id = await session.scalar(
             select(Attachment.id).where(Attachment.message_id == first.message_id)
         )
@@ -369,6 +428,8 @@ async def make_ctx(rt: Runtime) -> Ctx:
         offer_id=offer_id,
         other_conversation_id=second.conversation_id,
         canned_id=canned_id,
+        hours_id=hours_id,
+        policy_id=policy_id,
     )
 
 
