@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import datetime
 from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from twilio.request_validator import RequestValidator
 
 from contact_center.auth import hash_password
@@ -17,7 +19,7 @@ from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
 from contact_center.models import Agent, CannedResponse, Inbox, Role, Team, TeamMember
 from contact_center.runtime import Runtime
-from routing.models import Queue, RoutingRule
+from routing.models import BusinessHours, Queue, RoutingRule, SlaPolicy
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,7 @@ async def seed(rt: Runtime) -> bool:
             )
             for title, shortcut, body in CANNED
         )
+        await seed_sla(session, now)
     for i, (phone, name, text) in enumerate(CUSTOMERS):
         await rt.ingestor.ingest(
             InboundMessage(
@@ -224,6 +227,69 @@ async def seed(rt: Runtime) -> bool:
         )
     await rt.committed()
     return True
+
+
+# Business hours and SLA policies (docs/architecture.md §14): urgent conversations on the
+# clock around the clock, the rest on the Istanbul office's hours with Turkey's holidays.
+OFFICE_HOURS = {
+    "timezone": "Europe/Istanbul",
+    "weekly": {d: [["09:00", "18:00"]] for d in ("mon", "tue", "wed", "thu", "fri")},
+    "holidays": {"country": "TR"},
+}
+
+
+def _targets(first: int, nxt: int, update: int, resolution: int, business: bool) -> dict[str, Any]:
+    return {
+        "first_response": {"minutes": first, "business": business},
+        "next_response": {"minutes": nxt, "business": business},
+        "periodic_update": {"minutes": update, "business": business},
+        "resolution": {"minutes": resolution, "business": business},
+    }
+
+
+async def seed_sla(session: AsyncSession, now: datetime) -> None:
+    office = BusinessHours(
+        name="Istanbul office", calendar=OFFICE_HOURS, created_at=now, updated_at=now
+    )
+    session.add(office)
+    await session.flush()
+    breach_to_slack = {
+        "on": "breach",
+        "action": "slack",
+        "inbox_id": "slack",
+        "channel": "C-SUPERVISORS",
+    }
+    session.add_all(
+        [
+            SlaPolicy(
+                name="Urgent, around the clock",
+                position=1,
+                active=True,
+                conditions={"priorities": ["urgent"]},
+                targets={"urgent": _targets(15, 30, 60, 8 * 60, business=False)},
+                warn_at=0.8,
+                escalations=[breach_to_slack],
+                created_at=now,
+                updated_at=now,
+            ),
+            SlaPolicy(
+                name="Standard",
+                position=2,
+                active=True,
+                conditions={},
+                targets={
+                    "high": _targets(30, 60, 120, 8 * 60, business=True),
+                    "normal": _targets(60, 120, 240, 24 * 60, business=True),
+                    "low": _targets(240, 480, 480, 3 * 24 * 60, business=True),
+                },
+                business_hours_id=office.id,
+                warn_at=0.8,
+                escalations=[{"on": "breach", "action": "raise_priority"}, breach_to_slack],
+                created_at=now,
+                updated_at=now,
+            ),
+        ]
+    )
 
 
 CANNED = [
