@@ -36,6 +36,15 @@ JS_STRINGS = {
     "cannot_open": "This conversation cannot be opened.",
     "mentioned_by": "{name} mentioned you",
     "merge_confirm": "Merge customer #{source} into customer #{target}? This cannot be undone.",
+    "sla_due": "{metric} due in {time}",
+    "sla_overdue": "{metric} overdue by {time}",
+    "sla_paused": "{metric} paused",
+    "sla_warning": "SLA warning: {metric}, conversation #{id}",
+    "sla_breached": "SLA breached: {metric}, conversation #{id}",
+    "first_response": "First response",
+    "next_response": "Next response",
+    "periodic_update": "Update",
+    "resolution": "Resolution",
 }
 
 

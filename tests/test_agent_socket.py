@@ -265,3 +265,46 @@ async def test_bad_frames_get_errors_and_the_socket_lives_on(
     async with rt.db.read() as session:
         status = await session.get(AgentStatus, org.agent.id)
     assert status is not None and status.last_seen_at is not None
+
+
+async def test_sla_breaches_reach_the_assignee_and_supervisors_only(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    from datetime import timedelta
+
+    from routing.models import SlaPolicy
+    from routing.sla import service_of
+
+    now = rt.clock.now()
+    async with rt.db.write() as session:
+        session.add(
+            SlaPolicy(
+                name="Fast",
+                targets={"normal": {"first_response": {"minutes": 5, "business": False}}},
+                conditions={},
+                escalations=[],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    conv = await arrive(rt, "Nobody answers")
+    await engine(rt).assign(conv, org.agent.id, by_agent_id=org.supervisor.id)
+    await relay(rt)
+    await service_of(rt).run_once()
+    async with (
+        connect(ws_url(live, org.agent.token)) as assignee_ws,
+        connect(ws_url(live, org.supervisor.token)) as supervisor_ws,
+        connect(ws_url(live, org.other_agent.token)) as other_ws,
+    ):
+        for ws in (assignee_ws, supervisor_ws, other_ws):
+            await recv(ws, "hello")
+        rt.clock.advance(seconds=timedelta(minutes=6).total_seconds())  # type: ignore[attr-defined]
+        await service_of(rt).run_once()
+        await relay(rt)
+        for ws in (assignee_ws, supervisor_ws):
+            breach = await recv(ws, "sla.breached")
+            assert breach["conversation_id"] == conv
+            assert breach["data"]["metric"] == "first_response"
+            assert breach["data"]["assignee_id"] == org.agent.id
+        frames = await drain(other_ws)
+        assert not [f for f in frames if f["type"].startswith("sla.")]

@@ -153,6 +153,10 @@ function handle(frame) {
     case "mention.created":
       showMention(data);
       break;
+    case "sla.warning":
+    case "sla.breached":
+      showSlaAlert(frame.type, data);
+      break;
     case "typing":
       if (data.conversation_id === state.open) showTyping(Boolean(data.typing));
       break;
@@ -304,6 +308,7 @@ async function openConversation(id) {
   const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
   $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
   showStatus(conv.status);
+  loadSla(id);
   showCustomer(conv.customer, id);
   for (const message of conv.messages) appendMessage(message);
 }
@@ -404,6 +409,66 @@ function showMention(data) {
   });
   $("mentions").prepend(item);
   $("mentions-box").hidden = false;
+}
+
+// --- SLA ---------------------------------------------------------------------------------
+
+function duration(seconds) {
+  const minutes = Math.max(1, Math.round(Math.abs(seconds) / 60));
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+}
+
+async function loadSla(id) {
+  let clocks;
+  try {
+    clocks = await api(`/api/v1/conversations/${id}/sla`);
+  } catch (error) {
+    return;
+  }
+  if (state.open !== id) return;
+  const line = $("conv-sla");
+  line.replaceChildren();
+  for (const c of clocks) {
+    if (c.status !== "running" && c.status !== "paused") continue;
+    const metric = t(c.metric);
+    let text;
+    let cls = "due";
+    if (c.status === "paused") text = t("sla_paused", { metric });
+    else if (c.remaining_seconds < 0 || c.breached) {
+      text = t("sla_overdue", { metric, time: duration(c.remaining_seconds) });
+      cls = "due overdue";
+    } else text = t("sla_due", { metric, time: duration(c.remaining_seconds) });
+    const item = el("span", cls, text);
+    item.dataset.metric = c.metric;
+    line.append(item);
+  }
+}
+
+setInterval(() => {
+  if (state.open !== null) loadSla(state.open);
+}, 30000);
+
+function showSlaAlert(type, data) {
+  const breached = type === "sla.breached";
+  const key = breached ? "sla_breached" : "sla_warning";
+  const item = el("li", breached ? "alert breached" : "alert", t(key, { metric: t(data.metric), id: data.conversation_id }));
+  item.dataset.conversationId = data.conversation_id;
+  item.addEventListener("click", () => {
+    item.remove();
+    $("alerts-box").hidden = !$("alerts").children.length;
+    openConversation(data.conversation_id);
+  });
+  $("alerts").prepend(item);
+  $("alerts-box").hidden = false;
+  const entry = state.conversations.get(data.conversation_id);
+  if (entry && !entry.element.querySelector(".sla-flag")) {
+    const flag = el("span", "sla-flag", "SLA");
+    flag.title = t(key, { metric: t(data.metric), id: data.conversation_id });
+    entry.element.append(flag);
+  }
+  if (state.open === data.conversation_id) loadSla(data.conversation_id);
 }
 
 function notice(text) {
