@@ -867,3 +867,109 @@ def service_of(rt: Runtime) -> SlaService:
 
 async def run_periodic(rt: Runtime) -> None:
     await service_of(rt).run_once()
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True, slots=True)
+class Compliance:
+    met: int
+    missed: int
+
+    @property
+    def share(self) -> float | None:
+        decided = self.met + self.missed
+        return self.met / decided if decided else None
+
+
+def _queue_of_conversation() -> Any:
+    """conversation id -> the queue of its latest routing task (None if it never queued)."""
+    from sqlalchemy import func
+
+    latest = (
+        select(RoutingTask.conversation_id, func.max(RoutingTask.id).label("task_id"))
+        .group_by(RoutingTask.conversation_id)
+        .subquery()
+    )
+    return (
+        select(latest.c.conversation_id, RoutingTask.queue_id)
+        .join(RoutingTask, RoutingTask.id == latest.c.task_id)
+        .subquery()
+    )
+
+
+async def compliance(
+    session: AsyncSession, since: datetime, until: datetime
+) -> dict[int | None, Compliance]:
+    """SLA compliance per queue (key None: overall) over targets decided in ``[since, until)``:
+    *met* = clocks fulfilled in the range without a breach; *missed* = clocks breached in the
+    range (answered late or not at all). Cancelled clocks that never breached do not count."""
+    from sqlalchemy import and_, case, func, or_
+
+    queues = _queue_of_conversation()
+    met = and_(
+        SlaClock.status == ClockStatus.fulfilled.value,
+        SlaClock.breached_at.is_(None),
+        SlaClock.closed_at >= since,
+        SlaClock.closed_at < until,
+    )
+    missed = and_(SlaClock.breached_at >= since, SlaClock.breached_at < until)
+    rows = (
+        await session.execute(
+            select(
+                queues.c.queue_id,
+                func.sum(case((met, 1), else_=0)),
+                func.sum(case((missed, 1), else_=0)),
+            )
+            .select_from(SlaClock)
+            .outerjoin(queues, queues.c.conversation_id == SlaClock.conversation_id)
+            .where(
+                or_(
+                    and_(SlaClock.closed_at >= since, SlaClock.closed_at < until),
+                    and_(SlaClock.breached_at >= since, SlaClock.breached_at < until),
+                )
+            )
+            .group_by(queues.c.queue_id)
+        )
+    ).all()
+    out: dict[int | None, Compliance] = {}
+    total_met = total_missed = 0
+    for queue_id, m, x in rows:
+        m, x = int(m or 0), int(x or 0)
+        total_met, total_missed = total_met + m, total_missed + x
+        if queue_id is not None:
+            out[queue_id] = Compliance(m, x)
+    out[None] = Compliance(total_met, total_missed)
+    return out
+
+
+async def at_risk(session: AsyncSession, limit: int = 50) -> list[dict[str, Any]]:
+    """Running clocks past their warning and not yet breached, the nearest deadline first:
+    the conversations a supervisor can still save."""
+    queues = _queue_of_conversation()
+    rows = (
+        await session.execute(
+            select(SlaClock, Conversation.assignee_id, Conversation.priority, queues.c.queue_id)
+            .join(Conversation, Conversation.id == SlaClock.conversation_id)
+            .outerjoin(queues, queues.c.conversation_id == SlaClock.conversation_id)
+            .where(
+                SlaClock.status == ClockStatus.running.value,
+                SlaClock.warned_at.is_not(None),
+                SlaClock.breached_at.is_(None),
+            )
+            .order_by(SlaClock.due_at, SlaClock.id)
+            .limit(limit)
+        )
+    ).all()
+    return [
+        {
+            "conversation_id": clock.conversation_id,
+            "metric": clock.metric,
+            "due_at": clock.due_at.isoformat() if clock.due_at else None,
+            "assignee_id": assignee_id,
+            "priority": Priority(priority).name,
+            "queue_id": queue_id,
+        }
+        for clock, assignee_id, priority, queue_id in rows
+    ]

@@ -590,3 +590,55 @@ async def test_a_breach_escalates_once_priority_queue_email_and_slack(
     assert tasks == 2  # the first task and the escalated one
     assert len(slack.posted()) == 1
     assert len(sink.received) == 1
+
+
+# --------------------------------------------------------------------------- figures
+
+
+async def test_compliance_and_at_risk_from_a_scripted_hour(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    from routing.sla import at_risk, compliance
+    from tests.routing_helpers import make_rule
+
+    clock.set(MONDAY_10_IST)
+    t0 = MONDAY_10_IST
+    await make_policy(rt, targets_=targets(first_response=10), warn_at=0.5)
+    front = await make_queue(rt, "Front", is_default=True)
+    billing = await make_queue(rt, "Billing")
+    await make_rule(rt, billing, 1, keywords=["invoice"])
+
+    c1 = await arrive(rt, "hello")  # Front: answered at +5 (met)
+    c2 = await arrive(rt, "hello again")  # Front: answered at +15 (missed)
+    c3 = await arrive(rt, "my invoice")  # Billing: never answered (missed at +10)
+    c5 = await arrive(rt, "never mind")  # Front: resolved unanswered at +3 (not counted)
+    await sla_pass(rt)
+    await engine(rt).run_pass()
+    clock.set(t0 + timedelta(minutes=3))
+    await set_status(rt, c5, ConversationStatus.resolved)
+    clock.set(t0 + timedelta(minutes=5))
+    await agent_reply(rt, c1, org.agent.id)
+    await sla_pass(rt)
+    clock.set(t0 + timedelta(minutes=8))
+    c4 = await arrive(rt, "invoice question")  # Billing: warned at +13, due at +18
+    await sla_pass(rt)
+    await engine(rt).run_pass()
+    clock.set(t0 + timedelta(minutes=15))
+    await agent_reply(rt, c2, org.agent.id)
+    await sla_pass(rt)
+    clock.set(t0 + timedelta(minutes=16))
+    await sla_pass(rt)
+
+    async with rt.db.read() as session:
+        figures = await compliance(session, t0, t0 + timedelta(days=1))
+        risky = await at_risk(session)
+    # By hand: Front met c1, missed c2 -> 1/2; Billing missed c3 -> 0/1; overall 1/3.
+    assert (figures[front].met, figures[front].missed) == (1, 1)
+    assert figures[front].share == 0.5
+    assert (figures[billing].met, figures[billing].missed) == (0, 1)
+    assert figures[billing].share == 0.0
+    assert figures[None].share == pytest.approx(1 / 3)
+    assert [(r["conversation_id"], r["metric"], r["queue_id"]) for r in risky] == [
+        (c4, "first_response", billing)
+    ]
+    assert c3 not in [r["conversation_id"] for r in risky]  # breached: no longer "at risk"
