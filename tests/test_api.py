@@ -20,7 +20,7 @@ from contact_center.app import create_app
 from contact_center.auth import LoginThrottle
 from contact_center.clock import ManualClock
 from contact_center.ingest import InboundAttachment, IngestResult
-from contact_center.models import Agent, Conversation, Customer, Inbox, Message
+from contact_center.models import Agent, Conversation, Customer, Inbox, Message, RelayState
 from contact_center.runtime import Runtime
 from contact_center.views import SECRET_MASK
 from tests.helpers import TWILIO_TOKEN, Org, Person, ingest, make_inbox, make_org, sms
@@ -1000,3 +1000,27 @@ async def test_canned_responses_are_checked_and_scoped_to_teams(
     gone = await client.delete(f"{url}/{made.json()['id']}", headers=sup)
     assert gone.status_code == 204
     assert (await client.get(f"{url}", headers=sup)).json()[0]["shortcut"] == "reset"
+
+
+async def test_readyz_outbox_lag_counts_what_the_relay_has_not_published(
+    client: httpx.AsyncClient, rt: Runtime
+) -> None:
+    from routing.sla import service_of
+    from tests.helpers import relay
+
+    # The SLA consumer keeps its own mark in relay_state, beside the relay's (made first here).
+    await service_of(rt).run_once()
+    await make_inbox(rt)
+    await ingest(rt, sms("first", sid="SMlag1"))
+    await relay(rt)
+    assert (await client.get("/readyz")).json()["checks"]["outbox_lag"] == "0"
+    async with rt.db.write() as session:
+        await session.execute(
+            update(RelayState).where(RelayState.name == "main").values(published=1)
+        )
+    lag = (await client.get("/readyz")).json()["checks"]["outbox_lag"]
+    async with rt.db.read() as session:
+        sequenced = await session.scalar(
+            select(RelayState.sequenced).where(RelayState.name == "main")
+        )
+    assert lag == str((sequenced or 0) - 1) and int(lag) > 0

@@ -362,23 +362,27 @@ async def test_resolve_reopen_and_transfer_to_a_queue_with_a_note(
     await page.get_by_label("Email").fill("actions@test.local")
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
-    await page.locator(".conversation-item").click()
+    mine = page.locator("#conversations .conversation-item")
+    await mine.click()
     await expect(page.locator("#timeline .msg .text")).to_have_text(["My order never came"])
 
     await page.keyboard.press("Alt+r")  # the shortcut for Resolve
     await expect(page.get_by_role("button", name="Reopen")).to_be_visible()
-    await expect(page.locator(".conversation-item")).to_have_count(0)
+    await expect(mine).to_have_count(0)
     assert (await status())[0] == "resolved"
     await page.get_by_role("button", name="Reopen").click()
     await expect(page.get_by_role("button", name="Resolve")).to_be_visible()
-    await expect(page.locator(".conversation-item")).to_have_count(1)
+    await expect(mine).to_have_count(1)
     assert await status() == ("open", person.id)
 
     await page.get_by_role("button", name="Transfer").click()
     await page.get_by_label("Queue", exact=True).select_option(label="Escalations")
     await page.get_by_label("Note for the next agent (optional)").fill("Courier lost it, refund?")
     await page.locator("#transfer").get_by_role("button", name="Transfer").click()
-    await expect(page.locator(".conversation-item")).to_have_count(0)
+    # Off the agent's own list; unassigned and open, it now waits in the queue (which this
+    # agent may see: the conversation has no team).
+    await expect(mine).to_have_count(0)
+    await expect(page.locator("#waiting .conversation-item")).to_have_count(1)
     await expect(page.locator("#conversation")).to_be_hidden()
     assert (await status())[1] is None
     async with rt.db.read() as session:
