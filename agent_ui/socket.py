@@ -294,6 +294,9 @@ class AgentSession:
         text = data.get("text")
         if not isinstance(text, str):
             raise FrameError("bad_frame", "message.send needs text")
+        via = data.get("inbox_id")
+        if via is not None and (not isinstance(via, str) or not 0 < len(via) <= 64):
+            raise FrameError("bad_frame", "inbox_id must be an inbox id")
         if not await self.may_see(conversation_id, fresh=True):
             raise FrameError("forbidden", "you cannot see this conversation")
         async with self.rt.db.write() as session:
@@ -306,6 +309,7 @@ class AgentSession:
                     private=bool(data.get("private", False)),
                     client_id=client_id,
                     clock=self.rt.clock,
+                    via_inbox_id=via,
                 )
             except (ReplyError, LookupError) as exc:
                 raise FrameError("rejected", str(exc)) from None

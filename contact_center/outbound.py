@@ -151,13 +151,15 @@ async def reply(
     client_id: str | None = None,
     automatic: bool = False,
     subject: str | None = None,
+    via_inbox_id: str | None = None,
 ) -> tuple[Message, bool]:
     """Record an agent's reply (or internal note). Returns (message, created); a repeated
     ``client_id`` returns the first message unchanged.
 
     Without an agent the message is the system's own; ``automatic`` marks it as sent by no
     person (email adds ``Auto-Submitted: auto-replied``), and ``subject`` replaces the
-    conversation's subject on it exactly."""
+    conversation's subject on it exactly. ``via_inbox_id`` sends it on another of the
+    customer's channels (docs/architecture.md §6)."""
     conversation = await session.get(Conversation, conversation_id)
     if conversation is None:
         raise LookupError("conversation not found")
@@ -177,6 +179,12 @@ async def reply(
         raise ReplyError(f"a reply is at most {MAX_REPLY} characters")
     inbox = await session.get(Inbox, conversation.inbox_id)
     assert inbox is not None
+    if via_inbox_id is not None and via_inbox_id != conversation.inbox_id:
+        if private:
+            raise ReplyError("an internal note is not sent on any channel")
+        inbox = await session.get(Inbox, via_inbox_id)
+        if inbox is None or not inbox.is_active:
+            raise ReplyError(f"no active inbox {via_inbox_id!r}")
     now = clock.now()
     to_address = None
     if not private:
@@ -185,7 +193,7 @@ async def reply(
             raise ReplyError(f"the customer has no {inbox.kind} address to reply to")
     message = Message(
         conversation_id=conversation.id,
-        inbox_id=conversation.inbox_id,
+        inbox_id=inbox.id,
         direction=Direction.outbound.value,
         author_type=(AuthorType.agent if agent is not None else AuthorType.system).value,
         agent_id=agent.id if agent is not None else None,
@@ -271,6 +279,31 @@ async def _reply_address(session: AsyncSession, customer_id: int, channel: str) 
     ).all()
     ranked = sorted(rows, key=lambda r: kinds.index(r[0]))
     return ranked[0][1] if ranked else None
+
+
+async def reply_channels(session: AsyncSession, conversation: Conversation) -> list[dict[str, Any]]:
+    """Where an agent may answer: the conversation's inbox first, then every other active
+    inbox whose kind the customer has an address for (with the address it would go to)."""
+    inboxes = (
+        await session.scalars(
+            select(Inbox).where(Inbox.is_active.is_(True)).order_by(Inbox.name, Inbox.id)
+        )
+    ).all()
+    out = []
+    for inbox in sorted(inboxes, key=lambda i: i.id != conversation.inbox_id):
+        address = await _reply_address(session, conversation.customer_id, inbox.kind)
+        if address is None and inbox.id != conversation.inbox_id:
+            continue
+        out.append(
+            {
+                "inbox_id": inbox.id,
+                "name": inbox.name,
+                "kind": inbox.kind,
+                "to_address": address,
+                "current": inbox.id == conversation.inbox_id,
+            }
+        )
+    return out
 
 
 def wants_send(event: dict[str, Any]) -> bool:
@@ -406,17 +439,25 @@ async def _load_outbound(session: AsyncSession, message_id: int, rt: Runtime) ->
     conversation = await session.get(Conversation, message.conversation_id)
     inbox = await session.get(Inbox, message.inbox_id)
     assert conversation is not None and inbox is not None
+    # The conversation's thread (email references, a Slack thread) belongs to its own inbox:
+    # a reply sent on another of the customer's channels starts fresh there.
+    same_channel = message.inbox_id == conversation.inbox_id
     refs = (
-        await session.scalars(
-            select(Message.provider_message_id)
-            .where(
-                Message.conversation_id == conversation.id,
-                Message.provider_message_id.is_not(None),
-                Message.id != message.id,
+        (
+            await session.scalars(
+                select(Message.provider_message_id)
+                .where(
+                    Message.conversation_id == conversation.id,
+                    Message.inbox_id == message.inbox_id,
+                    Message.provider_message_id.is_not(None),
+                    Message.id != message.id,
+                )
+                .order_by(Message.id)
             )
-            .order_by(Message.id)
-        )
-    ).all()
+        ).all()
+        if same_channel
+        else []
+    )
     attachments = (
         await session.scalars(select(Attachment).where(Attachment.message_id == message.id))
     ).all()
@@ -433,7 +474,7 @@ async def _load_outbound(session: AsyncSession, message_id: int, rt: Runtime) ->
         html=message.html,
         subject=message.subject or conversation.subject,
         thread_refs=tuple(r for r in refs if r),
-        thread_key=conversation.thread_key,
+        thread_key=conversation.thread_key if same_channel else None,
         attachments=tuple(
             OutboundAttachment(a.filename, a.content_type, rt.store.path(a.storage_key))
             for a in attachments

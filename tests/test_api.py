@@ -1024,3 +1024,51 @@ async def test_readyz_outbox_lag_counts_what_the_relay_has_not_published(
             select(RelayState.sequenced).where(RelayState.name == "main")
         )
     assert lag == str((sequenced or 0) - 1) and int(lag) > 0
+
+
+async def test_a_reply_can_go_out_on_another_of_the_customers_channels(
+    client: httpx.AsyncClient, rt: Runtime, org: Org
+) -> None:
+    from contact_center.models import CustomerIdentity
+
+    await make_inbox(rt)
+    await make_inbox(rt, "email", "email", "support@example.com", credentials={})
+    await make_inbox(rt, "telegram", "telegram", "demo_bot", credentials={})
+    result = await ingest(rt, sms("hi", sid="SMvia1"))
+    headers = bearer(org.supervisor.token)
+    url = f"/api/v1/conversations/{result.conversation_id}"
+
+    only = (await client.get(f"{url}/reply-channels", headers=headers)).json()
+    assert [(c["inbox_id"], c["current"]) for c in only] == [("sms", True)]
+
+    async with rt.db.write() as session:
+        session.add(
+            CustomerIdentity(
+                customer_id=result.customer_id,
+                kind="email",
+                address="ann@example.org",
+                created_at=rt.clock.now(),
+            )
+        )
+    options = (await client.get(f"{url}/reply-channels", headers=headers)).json()
+    assert [(c["inbox_id"], c["to_address"]) for c in options] == [
+        ("sms", "+14155550100"),
+        ("email", "ann@example.org"),
+    ]  # no Telegram: the customer has no Telegram address
+
+    sent = await client.post(
+        f"{url}/messages", json={"text": "By mail", "inbox_id": "email"}, headers=headers
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["channel"] == "email" and sent.json()["inbox_id"] == "email"
+    assert sent.json()["to_address"] == "ann@example.org"
+    timeline = (await client.get(f"{url}/messages", headers=headers)).json()
+    assert [(m["text"], m["channel"]) for m in timeline] == [("hi", "sms"), ("By mail", "email")]
+
+    for body, problem in (
+        ({"text": "x", "inbox_id": "telegram"}, "no telegram address"),
+        ({"text": "x", "inbox_id": "nope"}, "no active inbox"),
+        ({"text": "x", "inbox_id": "email", "private": True}, "internal note"),
+    ):
+        refused = await client.post(f"{url}/messages", json=body, headers=headers)
+        assert refused.status_code == 422 and problem in refused.text, refused.text

@@ -129,6 +129,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
         "agent",
         lambda c: (f"/api/v1/conversations/{c.conversation_id}", {"priority": "high"}, 200),
     ),
+    ("GET", "/api/v1/conversations/{conversation_id:int}/reply-channels"): Rule(
+        "agent", lambda c: (f"/api/v1/conversations/{c.conversation_id}/reply-channels", None, 200)
+    ),
     ("GET", "/api/v1/conversations/{conversation_id:int}/messages"): Rule(
         "agent", lambda c: (f"/api/v1/conversations/{c.conversation_id}/messages", None, 200)
     ),

@@ -632,3 +632,77 @@ async def test_the_sla_countdown_shows_and_a_breach_alerts_the_agent_live(
     await expect(page.locator(".conversation-item .sla-flag")).to_have_text("SLA")
     await expect(due).to_have_text("First response overdue by 1 min")
     await page.screenshot(path=str(ARTIFACTS / "console-sla.png"))
+
+
+@pytest.mark.browser
+async def test_an_agent_answers_an_sms_by_email_when_the_customer_has_an_address(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from contact_center.models import CustomerIdentity
+
+    received: list[tuple[list[str], bytes]] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append((list(envelope.rcpt_tos), bytes(envelope.original_content)))
+            return "250 OK"
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Sink(), loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await make_inbox(
+            rt,
+            "email",
+            "email",
+            "support@example.com",
+            credentials={"smtp_host": "127.0.0.1", "smtp_port": str(port)},
+        )
+        person = await make_person(rt, "via@test.local", Role.agent, None)
+        result = await ingest(rt, sms("Send me the invoice by mail please", sid="SM-via-1"))
+        async with rt.db.write() as session:
+            conversation = await session.get(Conversation, result.conversation_id)
+            assert conversation is not None
+            conversation.assignee_id = person.id
+            session.add(
+                CustomerIdentity(
+                    customer_id=result.customer_id,
+                    kind="email",
+                    address="can@example.org",
+                    created_at=rt.clock.now(),
+                )
+            )
+
+        page = await new_page()
+        await page.goto(live.url + "/agent/login")
+        await page.get_by_label("Email").fill("via@test.local")
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.locator("#conversations .conversation-item").click()
+        via = page.get_by_label("Send via")
+        await expect(via).to_be_visible()
+        await via.select_option(label="Email (email: can@example.org)")
+        await page.get_by_label("Reply", exact=True).fill("The invoice is attached to this mail.")
+        await page.get_by_role("button", name="Send").click()
+        sent = page.locator("#timeline .msg").filter(has_text="The invoice is attached")
+        await expect(sent.locator(".channel")).to_have_text("email")
+        for _ in range(25):
+            await run_jobs(rt)
+            if received:
+                break
+            await asyncio.sleep(0.2)
+        assert [to for to, _ in received] == [["can@example.org"]]
+        assert b"The invoice is attached to this mail." in received[0][1]
+        async with rt.db.read() as session:
+            message = await session.scalar(
+                select(Message).where(
+                    Message.conversation_id == result.conversation_id,
+                    Message.direction == "out",
+                )
+            )
+        assert message is not None and message.inbox_id == "email"
+        assert message.to_address == "can@example.org"
+    finally:
+        server.close()

@@ -309,6 +309,7 @@ async function openConversation(id) {
   $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
   showStatus(conv.status);
   loadSla(id);
+  loadReplyChannels(id);
   showCustomer(conv.customer, id);
   for (const message of conv.messages) appendMessage(message);
 }
@@ -411,6 +412,27 @@ function showMention(data) {
   $("mentions-box").hidden = false;
 }
 
+// --- replying on another of the customer's channels ---------------------------------------
+
+async function loadReplyChannels(id) {
+  let channels;
+  try {
+    channels = await api(`/api/v1/conversations/${id}/reply-channels`);
+  } catch (error) {
+    channels = [];
+  }
+  if (state.open !== id) return;
+  const select = $("reply-via");
+  select.replaceChildren();
+  for (const c of channels) {
+    const option = el("option", "", c.to_address ? `${c.name} (${c.kind}: ${c.to_address})` : `${c.name} (${c.kind})`);
+    option.value = c.inbox_id;
+    option.selected = Boolean(c.current);
+    select.append(option);
+  }
+  $("reply-via-box").hidden = channels.length < 2;
+}
+
 // --- SLA ---------------------------------------------------------------------------------
 
 function duration(seconds) {
@@ -487,10 +509,10 @@ $("reply").addEventListener("submit", (e) => {
   const text = $("reply-text").value.trim();
   if (!text || state.open === null) return;
   const clientId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-  const frame = {
-    type: "message.send",
-    data: { conversation_id: state.open, client_id: clientId, text, private: $("reply-private").checked },
-  };
+  const data = { conversation_id: state.open, client_id: clientId, text, private: $("reply-private").checked };
+  const via = $("reply-via").value;
+  if (via && !data.private && !$("reply-via-box").hidden) data.inbox_id = via;
+  const frame = { type: "message.send", data };
   state.pending.set(clientId, frame);
   send(frame);
   $("reply-text").value = "";

@@ -30,7 +30,7 @@ from contact_center.models import (
     Message,
     Priority,
 )
-from contact_center.outbound import ReplyError, reply
+from contact_center.outbound import ReplyError, reply, reply_channels
 from contact_center.views import conversation_view, customer_view, message_view
 
 StatusName = Literal["open", "pending", "snoozed", "resolved"]
@@ -42,6 +42,8 @@ class ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
     html: str | None = None
     private: bool = False
     client_id: str | None = msgspec.field(default=None)
+    # Another of the customer's channels to send it on (GET .../reply-channels lists them).
+    inbox_id: str | None = None
 
 
 class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -61,7 +63,12 @@ async def _messages(
         query = query.where(Message.id < before_id)
     rows = list((await session.scalars(query.order_by(Message.id.desc()).limit(limit))).all())
     rows.reverse()
-    return [message_view(m, channel, list(m.attachments)) for m in rows]
+    # A message sent on another of the customer's channels shows that channel.
+    other = {m.inbox_id for m in rows} - {None}
+    kinds = dict(
+        (await session.execute(select(Inbox.id, Inbox.kind).where(Inbox.id.in_(other)))).all()
+    )
+    return [message_view(m, kinds.get(m.inbox_id, channel), list(m.attachments)) for m in rows]
 
 
 class ConversationController(Controller):
@@ -133,6 +140,16 @@ class ConversationController(Controller):
                 "messages": await _messages(session, conv.id, 100, None, inbox.kind),
             }
 
+    @get("/{conversation_id:int}/reply-channels")
+    async def list_reply_channels(
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[int]
+    ) -> list[dict[str, Any]]:
+        """Where a reply can go: the conversation's inbox first, then the customer's other
+        channels (an active inbox of a kind the customer has an address for)."""
+        async with runtime_of(request).db.read() as session:
+            conv = await visible_conversation(session, current_agent(request), conversation_id)
+            return await reply_channels(session, conv)
+
     @get("/{conversation_id:int}/messages")
     async def list_messages(
         self,
@@ -166,8 +183,6 @@ class ConversationController(Controller):
             raise ClientException("client_id is 1 to 64 characters")
         async with rt.db.write() as session:
             conv = await visible_conversation(session, agent, conversation_id)
-            inbox = await session.get(Inbox, conv.inbox_id)
-            assert inbox is not None
             try:
                 message, created = await reply(
                     session,
@@ -178,9 +193,12 @@ class ConversationController(Controller):
                     private=data.private,
                     client_id=data.client_id,
                     clock=rt.clock,
+                    via_inbox_id=data.inbox_id,
                 )
             except ReplyError as exc:
                 raise ClientException(str(exc), status_code=422) from None
+            inbox = await session.get(Inbox, message.inbox_id)
+            assert inbox is not None
             view = message_view(
                 message, inbox.kind, list(message.attachments) if not created else []
             )
