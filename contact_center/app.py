@@ -31,6 +31,7 @@ from contact_center.runtime import Runtime, settle_heap
 from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
+from routing import metrics_api
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def create_app(
             *console.route_handlers,
             *agent_socket.route_handlers,
             *routing_api.route_handlers,
+            *metrics_api.route_handlers,
             *(extra_route_handlers or []),
         ],
         lifespan=[lifespan],
