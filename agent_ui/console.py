@@ -36,7 +36,7 @@ from contact_center.auth import (
     issue_token,
     revoke,
 )
-from contact_center.models import Agent
+from contact_center.models import Agent, Role
 from contact_center.runtime import Runtime
 
 HERE = Path(__file__).parent
@@ -60,6 +60,15 @@ class LoginForm(msgspec.Struct):
     email: str = ""
     password: str = ""
     csrf: str = ""
+    next: str = ""
+
+
+# Where a sign-in may continue (a fixed list: never an address taken from the request).
+LANDING_PAGES = ("/agent", "/supervisor")
+
+
+def _landing(value: str | None) -> str:
+    return value if value in LANDING_PAGES else "/agent"
 
 
 class PasswordForm(msgspec.Struct):
@@ -130,6 +139,7 @@ async def login_page(request: Request[Any, Any, Any]) -> Response[str]:
         csrf=csrf,
         error=None,
         email="",
+        next=_landing(request.query_params.get("next")),
     )
 
 
@@ -149,6 +159,7 @@ async def login(
             lang=_browser_language(request),
             csrf=csrf,
             email=email,
+            next=_landing(data.next),
             error="Your sign-in form expired. Please try again.",
         )
     client = request.client.host if request.client else "?"
@@ -161,6 +172,7 @@ async def login(
             lang=_browser_language(request),
             csrf=csrf,
             email=email,
+            next=_landing(data.next),
             error="Too many failed sign-ins. Wait a few minutes and try again.",
         )
     async with rt.db.write() as session:
@@ -174,12 +186,13 @@ async def login(
                 lang=_browser_language(request),
                 csrf=csrf,
                 email=email,
+                next=_landing(data.next),
                 error="Wrong email or password.",
             )
         token = await issue_token(session, agent, rt=rt, kind="session")
     throttle.succeeded(keys[0])
     return Redirect(
-        "/agent",
+        _landing(data.next),
         status_code=303,
         cookies=[_session_cookie(request, rt, token), *cookies],
     )
@@ -301,10 +314,16 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
         agent=agent,
         timezone=agent.timezone or "UTC",
         strings=i18n.js_strings(lang),
+        wallboard=Role(agent.role).rank >= Role.supervisor.rank,
     )
 
 
-ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSETS = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "supervisor.js": "text/javascript",
+    "supervisor.css": "text/css",
+}
 
 
 @get("/agent/static/{name:str}", include_in_schema=False, sync_to_thread=False)

@@ -48,6 +48,55 @@ JS_STRINGS = {
 }
 
 
+# What supervisor.js (the wallboard) shows, by key.
+SUPERVISOR_STRINGS = {
+    "live": "live",
+    "reconnecting": "reconnecting…",
+    "connecting": "connecting…",
+    "overall": "All queues",
+    "waiting": "Waiting",
+    "longest_wait": "Longest wait",
+    "service_level": "Service level",
+    "service_level_hint": "answered within {seconds} s (target {target})",
+    "below_target": "below target",
+    "on_target": "on target",
+    "asa": "Average speed of answer",
+    "aht": "Average handle time",
+    "abandoned": "Abandoned",
+    "abandoned_value": "{rate} ({count} of {offered})",
+    "answered_value": "{answered} of {offered} answered",
+    "occupancy": "Occupancy",
+    "agents": "Agents",
+    "agents_value": "{available} available, {busy} busy, {away} away, {offline} offline",
+    "staffing": "Erlang C, next 15 minutes",
+    "staffing_value": "{agents} agents for {rate} arrivals/h at {aht} (service level {level})",
+    "staffing_unknown": "needs a handled contact today",
+    "available": "Available",
+    "busy": "Busy",
+    "away": "Away",
+    "offline": "Offline",
+    "set_state_of": "Set the state of {name}",
+    "agent_option": "Agent: {name}",
+    "queue_option": "Queue: {name}",
+    "arrivals_summary": "Today so far: {total} arrivals; busiest interval {label} ({count}).",
+    "arrivals_bar": "{label}: {count} arrivals",
+    "level_summary": "Service level per interval against the target of {target}.",
+    "level_bar": "{label}: service level {level}",
+    "reassigned": "Conversation #{id} reassigned.",
+    "priority_changed": "Priority of conversation #{id} changed to {priority}.",
+    "state_changed": "{name} is now {state}.",
+    "refused": "Refused: {message}",
+    "low": "Low",
+    "normal": "Normal",
+    "high": "High",
+    "urgent": "Urgent",
+    "pick": "Use",
+    "offered": "offered",
+    "peak": "peak {count}",
+    "target": "target {target}",
+}
+
+
 @functools.cache
 def translations(language: str) -> NullTranslations:
     path = LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
@@ -79,9 +128,9 @@ def pick(preferred: str | None, accept_language: str | None = None) -> str:
     return DEFAULT
 
 
-def js_strings(language: str) -> dict[str, str]:
+def js_strings(language: str, table: dict[str, str] | None = None) -> dict[str, str]:
     gettext = translations(language).gettext
-    return {key: gettext(text) for key, text in JS_STRINGS.items()}
+    return {key: gettext(text) for key, text in (table or JS_STRINGS).items()}
 
 
 def language_name(language: str) -> str:

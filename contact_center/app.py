@@ -17,7 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.exc import DBAPIError
 
 import channels
-from agent_ui import console, widget
+from agent_ui import console, supervisor, widget
 from agent_ui import socket as agent_socket
 from contact_center import __version__
 from contact_center.api.admin import AgentController, InboxController, TeamController
@@ -31,7 +31,7 @@ from contact_center.runtime import Runtime, settle_heap
 from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
-from routing import sla_api
+from routing import metrics_api, sla_api
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,11 @@ PUBLIC_PATHS = [
     "^/webchat/",
     "^/ws/chat",
     "^/ws/agent",  # authenticates itself, to close with a clear code
+    "^/ws/supervisor",  # the same
     "^/widget.js",
     "^/demo/",
     "^/agent",  # the console's pages check the session cookie themselves
+    "^/supervisor",  # the wallboard's page, the same
 ]
 
 
@@ -128,6 +130,8 @@ def create_app(
             *agent_socket.route_handlers,
             *routing_api.route_handlers,
             *sla_api.route_handlers,
+            *metrics_api.route_handlers,
+            *supervisor.route_handlers,
             *(extra_route_handlers or []),
         ],
         lifespan=[lifespan],

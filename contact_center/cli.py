@@ -218,10 +218,12 @@ async def _demo(settings: Settings, simulate: bool) -> None:
 Contact center demo ({"seeded a new" if created else "using the existing"} demo organisation)
 
   Agent console          {url}/agent   (sign in as an agent below)
+  Supervisor wallboard   {url}/supervisor   (sign in as the supervisor below)
   API docs (OpenAPI)     {url}/schema
   Provider sandbox       {url}/demo/outbox   (what the demo's inboxes sent)
   Web chat widget        {url}/demo/widget   (a customer's page with the widget)
   Agent websocket        {ws_url}/ws/agent?token=...   (offers, live events: docs/agent-protocol.md)
+  Wallboard websocket    {ws_url}/ws/supervisor?token=...   (docs/supervisor-protocol.md)
   Health / metrics       {url}/readyz   {url}/metrics
   Email (SMTP)           {settings.smtp_host}:{settings.smtp_port}   to support@example.com
 

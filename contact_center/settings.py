@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     routing_max_missed_offers: int = Field(default=3, ge=1)
     agent_grace_seconds: float = Field(default=60.0, gt=0)
     rq_queue: str = "contact-center"
+    # Metrics and the wallboard (docs/metrics.md): service level X/T (the share answered within
+    # T seconds, against a target share), how abandoned contacts count in it, the time zone of
+    # "today" and of the 15-minute intervals, the Erlang C staffing estimate (observed arrivals
+    # over the last window, an occupancy ceiling) and how often the wallboard refreshes anyway.
+    service_level_seconds: float = Field(default=20.0, gt=0, le=86400)
+    service_level_target: float = Field(default=0.8, gt=0, lt=1)
+    service_level_abandoned: Literal["count", "ignore", "short"] = "short"
+    short_abandon_seconds: float = Field(default=5.0, ge=0, le=3600)
+    metrics_timezone: str = "UTC"
+    staffing_window_minutes: int = Field(default=60, ge=15, le=1440)
+    staffing_max_occupancy: float = Field(default=0.85, gt=0, le=1)
+    wallboard_tick_seconds: float = Field(default=5.0, ge=0.2, le=300)
 
     @field_validator("database_url")
     @classmethod
@@ -82,6 +94,17 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("metrics_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Istanbul") from None
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -314,6 +314,15 @@ ROUTES: dict[tuple[str, str], Rule] = {
             200,
         ),
     ),
+    # metrics (supervisors and admins)
+    ("GET", "/api/v1/metrics"): Rule(
+        "supervisor",
+        lambda c: ("/api/v1/metrics?from=2026-01-01&to=2026-01-02&group_by=agent", None, 200),
+    ),
+    ("GET", "/api/v1/metrics.csv"): Rule(
+        "supervisor",
+        lambda c: ("/api/v1/metrics.csv?from=2026-01-01&to=2026-01-02", None, 200),
+    ),
 }
 
 

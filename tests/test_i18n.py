@@ -18,7 +18,12 @@ def source_strings() -> list[str]:
     for template in sorted(TEMPLATES.glob("*.html")):
         for match in re.finditer(r"""_\((["'])(.+?)\1\)""", template.read_text()):
             found.append(match.group(2))
-    return [*found, *i18n.JS_STRINGS.values(), *console.MESSAGES]
+    return [
+        *found,
+        *i18n.JS_STRINGS.values(),
+        *i18n.SUPERVISOR_STRINGS.values(),
+        *console.MESSAGES,
+    ]
 
 
 def test_the_templates_use_the_catalogue() -> None:

@@ -18,6 +18,11 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.embedded
     assert settings.database_url == "sqlite+aiosqlite:///./contact_center.db"
     assert settings.public_url == "http://127.0.0.1:8000"
+    # The wallboard's defaults: 80/20, short abandons (5 s) left out, today in UTC.
+    assert (settings.service_level_target, settings.service_level_seconds) == (0.8, 20.0)
+    assert settings.service_level_abandoned == "short"
+    assert settings.short_abandon_seconds == 5.0
+    assert settings.metrics_timezone == "UTC"
 
 
 def test_postgres_and_redis_switch_the_backends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,6 +42,12 @@ def test_postgres_and_redis_switch_the_backends(monkeypatch: pytest.MonkeyPatch)
         ("CC_PORT", "eighty", "CC_PORT"),
         ("CC_PUBLIC_URL", "example.com", "CC_PUBLIC_URL"),
         ("CC_LOG_LEVEL", "LOUD", "CC_LOG_LEVEL"),
+        ("CC_METRICS_TIMEZONE", "Mars/Olympus_Mons", "CC_METRICS_TIMEZONE"),
+        ("CC_SERVICE_LEVEL_TARGET", "1.5", "CC_SERVICE_LEVEL_TARGET"),
+        ("CC_SERVICE_LEVEL_SECONDS", "0", "CC_SERVICE_LEVEL_SECONDS"),
+        ("CC_SERVICE_LEVEL_ABANDONED", "sometimes", "CC_SERVICE_LEVEL_ABANDONED"),
+        ("CC_SHORT_ABANDON_SECONDS", "-1", "CC_SHORT_ABANDON_SECONDS"),
+        ("CC_STAFFING_MAX_OCCUPANCY", "0", "CC_STAFFING_MAX_OCCUPANCY"),
     ],
 )
 def test_bad_setting_is_named(
