@@ -94,6 +94,14 @@ SUPERVISOR_STRINGS = {
     "offered": "offered",
     "peak": "peak {count}",
     "target": "target {target}",
+    "sla": "SLA compliance today",
+    "sla_value": "{met} met, {missed} missed, {risk} at risk",
+    "sla_warning": "SLA warning: {metric}, conversation #{id}",
+    "sla_breached": "SLA breached: {metric}, conversation #{id}",
+    "first_response": "First response",
+    "next_response": "Next response",
+    "periodic_update": "Update",
+    "resolution": "Resolution",
 }
 
 

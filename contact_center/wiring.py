@@ -24,9 +24,10 @@ from contact_center.runtime import Runtime
 from contact_center.scheduler import Periodic, Scheduler
 from contact_center.settings import Settings, get_settings
 from routing import engine as routing_engine
-from routing import escalation, sla
+from routing import escalation, metrics, sla
 
 register_event_types(*routing_engine.EVENT_TYPES, *sla.EVENT_TYPES)
+metrics.register_snapshot_extension(sla.snapshot_extension)
 
 
 def subscriptions() -> list[JobSubscription]:

@@ -973,3 +973,30 @@ async def at_risk(session: AsyncSession, limit: int = 50) -> list[dict[str, Any]
         }
         for clock, assignee_id, priority, queue_id in rows
     ]
+
+
+async def snapshot_extension(
+    session: AsyncSession, snapshot: dict[str, Any], now: datetime
+) -> None:
+    """The wallboard's SLA figures (registered with ``routing.metrics``): today's compliance
+    overall and per queue (targets decided since the day's start), how many conversations are
+    at risk there, and the at-risk list itself (nearest deadline first)."""
+    start = datetime.fromisoformat(snapshot["series"]["start"]) if snapshot.get("series") else now
+    figures = await compliance(session, start, now + timedelta(microseconds=1))
+    risky = await at_risk(session)
+    per_queue: dict[int | None, int] = {}
+    for item in risky:
+        per_queue[item["queue_id"]] = per_queue.get(item["queue_id"], 0) + 1
+
+    def add(view: dict[str, Any], tally: Compliance, at_risk_count: int) -> None:
+        view["sla_met"] = tally.met
+        view["sla_missed"] = tally.missed
+        if tally.share is not None:
+            view["sla_compliance"] = round(tally.share, 4)
+        view["sla_at_risk"] = at_risk_count
+
+    add(snapshot.setdefault("overall", {}), figures[None], len(risky))
+    for key, view in (snapshot.get("queues") or {}).items():
+        queue_id = int(key)
+        add(view, figures.get(queue_id, Compliance(0, 0)), per_queue.get(queue_id, 0))
+    snapshot["sla_at_risk"] = risky

@@ -273,3 +273,54 @@ async def test_the_wallboard_updates_live_and_sets_an_agents_state(
     await expect(overall.locator('[data-figure="agents"] dd')).to_contain_text("1 available")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "wallboard.png"), full_page=True)
+
+
+@pytest.mark.browser
+async def test_the_wallboard_shows_sla_compliance_at_risk_and_breaches_live(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    from contact_center.clock import ManualClock
+    from routing.models import SlaPolicy
+
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    now = clock.now()
+    async with rt.db.write() as session:
+        session.add(
+            SlaPolicy(
+                name="Ten minutes",
+                targets={"normal": {"first_response": {"minutes": 10, "business": False}}},
+                conditions={},
+                warn_at=0.5,
+                escalations=[],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await make_person(rt, "boss@test.local", Role.supervisor, None)
+    page = await new_page(viewport={"width": 1366, "height": 900})
+    await page.goto(live.url + "/supervisor")
+    await page.get_by_label("Email").fill("boss@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+    overall = page.locator('.tile[data-queue-id="all"] [data-figure="sla"] dd')
+    await expect(overall).to_contain_text("0 met, 0 missed, 0 at risk")
+
+    first = await arrive(rt, "the first one")
+    await arrive(rt, "the second one")
+    # The clocks start at the messages' own times, whenever the scheduler's SLA pass runs.
+    clock.advance(6 * 60)  # past the warning (5 min): both at risk
+    await expect(page.locator("#risk-list tbody tr")).to_have_count(2)
+    await expect(page.locator("#sla-alerts .alert").first).to_contain_text("SLA warning")
+    await expect(overall).to_contain_text("0 met, 0 missed, 2 at risk")
+
+    clock.advance(5 * 60)  # past the target: breached, no longer "at risk"
+    await expect(page.locator("#risk-list tbody tr")).to_have_count(0)
+    await expect(page.locator("#sla-alerts .alert.breached")).to_have_count(2)
+    await expect(page.locator("#sla-alerts .alert.breached").last).to_have_text(
+        f"SLA breached: First response, conversation #{first}"
+    )
+    await expect(overall).to_contain_text("0%")
+    await expect(overall).to_contain_text("0 met, 2 missed, 0 at risk")
+    await page.screenshot(path=str(ARTIFACTS / "wallboard-sla.png"), full_page=True)

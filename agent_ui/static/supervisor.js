@@ -153,7 +153,15 @@ function handle(frame) {
       }
       break;
     }
-    // sla.warning and sla.breached: shown once SLA figures are part of the snapshot.
+    case "sla.warning":
+    case "sla.breached": {
+      const key = frame.type === "sla.breached" ? "sla_breached" : "sla_warning";
+      const item = el("li", frame.type === "sla.breached" ? "alert breached" : "alert", t(key, { metric: t(data.metric), id: data.conversation_id }));
+      item.dataset.conversationId = data.conversation_id;
+      $("sla-alerts").prepend(item);
+      while ($("sla-alerts").children.length > 20) $("sla-alerts").lastChild.remove();
+      break;
+    }
   }
 }
 
@@ -171,6 +179,7 @@ function render() {
   renderCharts();
   renderAgents();
   renderWaiting();
+  renderRisk();
   renderTargets();
 }
 
@@ -219,6 +228,11 @@ function tile(id, name, f) {
     busy: by.busy ?? 0,
     away: by.away ?? 0,
     offline: by.offline ?? 0,
+  }));
+  figure(list, "sla", t("sla"), pct(f.sla_compliance), t("sla_value", {
+    met: f.sla_met ?? 0,
+    missed: f.sla_missed ?? 0,
+    risk: f.sla_at_risk ?? 0,
   }));
   const plan = f.staffing;
   figure(list, "staffing", t("staffing"), plan ? t("staffing_value", {
@@ -421,6 +435,38 @@ function renderWaiting() {
   $("no-waiting").hidden = rows.length > 0;
 }
 
+function renderRisk() {
+  const m = state.metrics;
+  const rows = (m.sla_at_risk || []).map((item) => {
+    const row = el("tr");
+    row.dataset.conversationId = item.conversation_id;
+    const queue = m.queues?.[String(item.queue_id)];
+    const due = el("td", "time", item.due_at ? duration(-since(item.due_at)) : NONE);
+    if (item.due_at) due.dataset.until = item.due_at;
+    const use = el("button", "", t("pick"));
+    use.type = "button";
+    use.addEventListener("click", () => {
+      $("reassign-conversation").value = item.conversation_id;
+      $("priority-conversation").value = item.conversation_id;
+      $("priority-value").value = item.priority;
+      $("reassign-target").focus();
+    });
+    const action = el("td");
+    action.append(use);
+    row.append(
+      el("td", "", `#${item.conversation_id}`),
+      el("td", "", queue ? queue.name : NONE),
+      el("td", "", t(item.metric)),
+      el("td", "", t(item.priority)),
+      due,
+      action,
+    );
+    return row;
+  });
+  $("risk-list").tBodies[0].replaceChildren(...rows);
+  $("no-risk").hidden = rows.length > 0;
+}
+
 function renderTargets() {
   const m = state.metrics;
   const agents = Object.values(m.agents || {}).sort((a, b) => a.name.localeCompare(b.name, locale));
@@ -453,6 +499,7 @@ function result(text, failed = false) {
 // Waits and times in state grow between frames: count them here, on the server's clock.
 setInterval(() => {
   for (const cell of document.querySelectorAll("[data-since]")) cell.textContent = duration(since(cell.dataset.since));
+  for (const cell of document.querySelectorAll("[data-until]")) cell.textContent = duration(-since(cell.dataset.until));
 }, 1000);
 
 // --- actions --------------------------------------------------------------------------------
