@@ -648,6 +648,10 @@ async def report(
     for figures in times.values():
         total_time.add(figures)
 
+    from routing.sla import Compliance, compliance, compliance_figures
+
+    sla = await compliance(session, start, end, group_by)
+    keys |= {k for k in sla if k is not None}
     rows = []
     for key in keys:
         tally = grouped.get((key, None), Tally())
@@ -656,6 +660,7 @@ async def report(
             "name": names.get(key, str(key) if key is not None else ""),
             **tally.figures(opts),
             "still_waiting": tally.waiting,
+            **compliance_figures(sla.get(key, Compliance(0, 0))),
         }
         if group_by in ("agent", "team"):
             row.update(row_times.get(key, AgentTime()).figures())
@@ -674,6 +679,7 @@ async def report(
             **total_tally.figures(opts),
             "still_waiting": total_tally.waiting,
             **total_time.figures(),
+            **compliance_figures(sla[None]),
         },
     }
 

@@ -49,6 +49,9 @@ COLUMNS = (
     "offers_accepted",
     "offers_declined",
     "offers_expired",
+    "sla_met",
+    "sla_missed",
+    "sla_compliance",
 )
 
 

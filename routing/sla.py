@@ -900,14 +900,15 @@ def _queue_of_conversation() -> Any:
 
 
 async def compliance(
-    session: AsyncSession, since: datetime, until: datetime
-) -> dict[int | None, Compliance]:
-    """SLA compliance per queue (key None: overall) over targets decided in ``[since, until)``:
+    session: AsyncSession, since: datetime, until: datetime, key: str = "queue"
+) -> dict[Any, Compliance]:
+    """SLA compliance over targets decided in ``[since, until)``, grouped by ``key`` (``queue``:
+    the conversation's latest routing task; ``agent``: its assignee; ``team``: its team, else
+    its queue's; ``channel``: its inbox's kind), with the overall figure under ``None``.
     *met* = clocks fulfilled in the range without a breach; *missed* = clocks breached in the
     range (answered late or not at all). Cancelled clocks that never breached do not count."""
     from sqlalchemy import and_, case, func, or_
 
-    queues = _queue_of_conversation()
     met = and_(
         SlaClock.status == ClockStatus.fulfilled.value,
         SlaClock.breached_at.is_(None),
@@ -915,33 +916,57 @@ async def compliance(
         SlaClock.closed_at < until,
     )
     missed = and_(SlaClock.breached_at >= since, SlaClock.breached_at < until)
+    query = select(
+        func.sum(case((met, 1), else_=0)), func.sum(case((missed, 1), else_=0))
+    ).select_from(SlaClock)
+    queues = _queue_of_conversation()
+    if key == "queue":
+        group: Any = queues.c.queue_id
+        query = query.outerjoin(queues, queues.c.conversation_id == SlaClock.conversation_id)
+    elif key in ("agent", "team", "channel"):
+        query = query.join(Conversation, Conversation.id == SlaClock.conversation_id)
+        if key == "agent":
+            group = Conversation.assignee_id
+        elif key == "channel":
+            query = query.join(Inbox, Inbox.id == Conversation.inbox_id)
+            group = Inbox.kind
+        else:
+            query = query.outerjoin(
+                queues, queues.c.conversation_id == SlaClock.conversation_id
+            ).outerjoin(Queue, Queue.id == queues.c.queue_id)
+            group = func.coalesce(Conversation.team_id, Queue.team_id)
+    else:
+        raise ValueError(f"unknown grouping {key!r}")
     rows = (
         await session.execute(
-            select(
-                queues.c.queue_id,
-                func.sum(case((met, 1), else_=0)),
-                func.sum(case((missed, 1), else_=0)),
-            )
-            .select_from(SlaClock)
-            .outerjoin(queues, queues.c.conversation_id == SlaClock.conversation_id)
+            query.add_columns(group.label("key"))
             .where(
                 or_(
                     and_(SlaClock.closed_at >= since, SlaClock.closed_at < until),
                     and_(SlaClock.breached_at >= since, SlaClock.breached_at < until),
                 )
             )
-            .group_by(queues.c.queue_id)
+            .group_by(group)
         )
     ).all()
-    out: dict[int | None, Compliance] = {}
+    out: dict[Any, Compliance] = {}
     total_met = total_missed = 0
-    for queue_id, m, x in rows:
+    for m, x, group_key in rows:
         m, x = int(m or 0), int(x or 0)
         total_met, total_missed = total_met + m, total_missed + x
-        if queue_id is not None:
-            out[queue_id] = Compliance(m, x)
+        if group_key is not None:
+            out[group_key] = Compliance(m, x)
     out[None] = Compliance(total_met, total_missed)
     return out
+
+
+def compliance_figures(tally: Compliance) -> dict[str, Any]:
+    share = tally.share
+    return {
+        "sla_met": tally.met,
+        "sla_missed": tally.missed,
+        "sla_compliance": round(share, 4) if share is not None else None,
+    }
 
 
 async def at_risk(session: AsyncSession, limit: int = 50) -> list[dict[str, Any]]:

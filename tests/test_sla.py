@@ -642,3 +642,34 @@ async def test_compliance_and_at_risk_from_a_scripted_hour(
         (c4, "first_response", billing)
     ]
     assert c3 not in [r["conversation_id"] for r in risky]  # breached: no longer "at risk"
+
+    # The same targets by channel and by agent (a reply does not assign: give c1 and c2 to
+    # the agent), and in the reports API with its CSV.
+    async with rt.db.write() as session:
+        for cid in (c1, c2):
+            conv = await session.get(Conversation, cid)
+            assert conv is not None
+            conv.assignee_id = org.agent.id
+    async with rt.db.read() as session:
+        by_channel = await compliance(session, t0, t0 + timedelta(days=1), "channel")
+        by_agent = await compliance(session, t0, t0 + timedelta(days=1), "agent")
+    assert (by_channel["sms"].met, by_channel["sms"].missed) == (1, 2)
+    assert (by_agent[org.agent.id].met, by_agent[org.agent.id].missed) == (1, 1)
+    assert None in by_agent and by_agent[None].missed == 2
+
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    boss = {"Authorization": f"Bearer {org.supervisor.token}"}
+    params = {"from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat(), "tz": "UTC"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.local", headers=boss) as c:
+        report = await c.get("/api/v1/metrics", params={**params, "group_by": "queue"})
+        assert report.status_code == 200, report.text
+        rows = {r["key"]: r for r in report.json()["rows"]}
+        assert (rows[front]["sla_met"], rows[front]["sla_missed"]) == (1, 1)
+        assert rows[front]["sla_compliance"] == 0.5
+        assert report.json()["total"]["sla_compliance"] == pytest.approx(1 / 3, abs=1e-4)
+        csv_text = (await c.get("/api/v1/metrics.csv", params={**params, "group_by": "agent"})).text
+        header, *lines = csv_text.lstrip("\ufeff").splitlines()
+        assert header.endswith("sla_met,sla_missed,sla_compliance")
+        agent_line = next(line for line in lines if line.split(",")[1] == str(org.agent.id))
+        assert agent_line.endswith(",1,1,0.5")
