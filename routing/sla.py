@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import events
@@ -556,24 +556,42 @@ class SlaService:
     # ---- applying events ---------------------------------------------------------------
 
     async def consume(self) -> int:
-        """Apply the next events after the mark; returns how many events were read."""
+        """Apply the next events after the mark; returns how many events were read.
+
+        Nothing new (the usual case, every second) is found by a read, without taking the
+        write lock (SQLite) or a row lock (PostgreSQL). Positions become visible in order (the
+        relay numbers them under a lock), so every event up to the highest position seen is
+        visible: the mark moves past the events it does not consume, and the next read starts
+        there instead of walking them again."""
+        top = func.max(DomainEvent.position)
+        async with self.rt.db.read() as session:
+            mark = await session.scalar(
+                select(RelayState.published).where(RelayState.name == CONSUMER)
+            )
+            highest = await session.scalar(select(top))
+        if mark is not None and (highest is None or highest <= mark):
+            return 0
         async with self.rt.db.write() as session:
             state = await session.get(RelayState, CONSUMER, with_for_update=True)
             if state is None:
                 state = RelayState(name=CONSUMER, sequenced=0, published=0)
                 session.add(state)
                 await session.flush()
+            highest = await session.scalar(select(top)) or 0
             rows = (
                 await session.scalars(
                     select(DomainEvent)
                     .where(
-                        DomainEvent.position > state.published, DomainEvent.type.in_(CONSUMED_TYPES)
+                        DomainEvent.position > state.published,
+                        DomainEvent.position <= highest,
+                        DomainEvent.type.in_(CONSUMED_TYPES),
                     )
                     .order_by(DomainEvent.position)
                     .limit(BATCH)
                 )
             ).all()
             if not rows:
+                state.published = max(state.published, highest)
                 return 0
             policies, calendars = await self._policies(session)
             cases: dict[int, Case | None] = {}
@@ -595,7 +613,9 @@ class SlaService:
             done = [c for c in cases.values() if c is not None and c.touched]
             await self._emit(session, done)
             await self._rerank(session, [c.conversation.id for c in done])
-            state.published = int(rows[-1].position or state.published)
+            state.published = (
+                int(rows[-1].position or state.published) if len(rows) >= BATCH else highest
+            )
             return len(rows)
 
     async def _apply(
@@ -730,6 +750,14 @@ class SlaService:
         """Fire every warning and breach whose time has come; returns how many fired."""
         now = self.clock.now()
         fired = 0
+        async with self.rt.db.read() as session:
+            due = await session.scalar(
+                select(SlaClock.id)
+                .where(SlaClock.next_check_at.is_not(None), SlaClock.next_check_at <= now)
+                .limit(1)
+            )
+        if due is None:
+            return 0  # the usual case: no write transaction at all
         async with self.rt.db.write() as session:
             query = (
                 select(SlaClock)

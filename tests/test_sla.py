@@ -673,3 +673,25 @@ async def test_compliance_and_at_risk_from_a_scripted_hour(
         assert header.endswith("sla_met,sla_missed,sla_compliance")
         agent_line = next(line for line in lines if line.split(",")[1] == str(org.agent.id))
         assert agent_line.endswith(",1,1,0.5")
+
+
+async def test_the_consumer_skips_unrelated_events_without_missing_later_ones(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    from contact_center.models import RelayState
+
+    clock.set(MONDAY_10_IST)
+    await make_policy(rt)
+    agent = await make_agent(rt, "Idle", available=False)
+    for state in ("available", "away", "available", "offline"):  # presence events only
+        await presence(rt, agent, Presence(state))
+    await sla_pass(rt)
+
+    async with rt.db.read() as session:
+        mark = await session.scalar(select(RelayState.published).where(RelayState.name == "sla"))
+        highest = await session.scalar(select(func.max(DomainEvent.position)))
+    assert highest is not None and mark == highest  # moved past what it does not consume
+
+    cid = await arrive(rt)
+    await sla_pass(rt)
+    assert (await one(rt, cid, "first_response")).status == "running"
