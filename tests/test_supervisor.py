@@ -324,3 +324,59 @@ async def test_the_wallboard_shows_sla_compliance_at_risk_and_breaches_live(
     await expect(overall).to_contain_text("0%")
     await expect(overall).to_contain_text("0 met, 2 missed, 0 at risk")
     await page.screenshot(path=str(ARTIFACTS / "wallboard-sla.png"), full_page=True)
+
+
+@pytest.mark.browser
+async def test_the_supervisor_reprioritises_and_reassigns_a_waiting_conversation(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    """The waiting list's 'Use' fills both action forms; 'Change priority' and 'Reassign' go
+    through the API, and the page follows live (the conversation leaves the waiting list)."""
+    from contact_center.models import Conversation, Priority
+    from routing.engine import set_presence
+
+    await make_person(rt, "boss@test.local", Role.supervisor, None)
+    # Away: the engine offers her nothing, so the conversation waits; a supervisor may still
+    # hand it to her directly.
+    ayla = await make_agent(rt, "Ayla")
+    async with rt.db.write() as session:
+        await set_presence(session, ayla, Presence.away, clock=rt.clock, reason="training")
+    conversation_id = await arrive(rt, "my invoice is wrong")
+
+    page = await new_page(viewport={"width": 1366, "height": 768})
+    await page.goto(live.url + "/supervisor")
+    await page.get_by_label("Email").fill("boss@test.local")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+    row = page.locator(f'#waiting-list tbody tr[data-conversation-id="{conversation_id}"]')
+    await expect(row).to_contain_text("Normal")
+
+    await row.get_by_role("button", name="Use").click()
+    await expect(page.get_by_label("Conversation to reprioritise")).to_have_value(
+        str(conversation_id)
+    )
+    await expect(page.get_by_label("Conversation to reassign")).to_have_value(str(conversation_id))
+
+    await page.get_by_label("New priority").select_option("urgent")
+    await page.get_by_role("button", name="Change priority").click()
+    await expect(page.locator("#action-result")).to_contain_text(f"#{conversation_id}")
+    await expect(page.locator("#action-result")).not_to_have_class("error")
+    await expect(row).to_contain_text("Urgent")
+    async with rt.db.read() as session:
+        conversation = await session.get(Conversation, conversation_id)
+    assert conversation is not None and conversation.priority == Priority.urgent
+
+    await page.get_by_label("Reassign to").select_option(f"agent:{ayla}")
+    await page.get_by_role("button", name="Reassign").click()
+    await expect(page.locator("#action-result")).to_contain_text(f"#{conversation_id}")
+    await expect(page.locator("#action-result")).not_to_have_class("error")
+    await expect(row).to_have_count(0)
+    async with rt.db.read() as session:
+        conversation = await session.get(Conversation, conversation_id)
+    assert conversation is not None and conversation.assignee_id == ayla
+
+    # A refusal is shown as such, not as success: a conversation that does not exist.
+    await page.get_by_label("Conversation to reassign").fill("999999")
+    await page.get_by_role("button", name="Reassign").click()
+    await expect(page.locator("#action-result")).to_have_class("meta error")
