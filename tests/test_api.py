@@ -867,6 +867,26 @@ async def test_readyz_reports_a_broken_database(
     assert "database is down" in ready.json()["checks"]["database"]
 
 
+async def test_readyz_reports_redis_down(
+    client: httpx.AsyncClient, rt: Runtime, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis configured, a Redis that does not answer makes the process not ready (a load
+    balancer stops sending it traffic); the embedded default has no Redis to check."""
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    if backend == "sqlite":
+        assert "redis" not in ready.json()["checks"]
+        return
+    assert ready.json()["checks"]["redis"] == "ok"
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    monkeypatch.setattr(rt.settings, "redis_url", "redis://127.0.0.1:1/0")
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["checks"]["redis"].startswith("error:")
+    assert ready.json()["checks"]["database"] == "ok"
+
+
 # --- attachments --------------------------------------------------------------------------
 
 
