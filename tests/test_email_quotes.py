@@ -239,3 +239,47 @@ def test_oversized_html_is_kept_whole() -> None:
     html = '<div>Hi</div><div class="gmail_quote">' + "<p>old</p>" * 300_000 + "</div>"
     assert split_reply(None, html).quoted is None
     assert split_reply(None, html[:2000]).quoted is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "sender", "filename"),
+    [
+        ("apple_mail", "emma.lindqvist@icloud.com", "IMG_0421.png"),
+        ("outlook_desktop_en", "soconnell@northwind-traders.co.uk", "image001.png"),
+    ],
+)
+async def test_inline_images_arrive_as_attachments(
+    rt: Runtime, smtp_port: int, name: str, sender: str, filename: str
+) -> None:
+    """An image pasted into the mail (``Content-Disposition: inline`` with a ``Content-ID``)
+    is stored like any attachment: the agent sees and downloads it, the bytes intact."""
+    raw = (CORPUS / f"{name}.eml").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    inline = next(p for p in parsed(name).walk() if p.get_filename() == filename)
+    image = inline.get_payload(decode=True)
+    assert isinstance(image, bytes) and image.startswith(b"\x89PNG")
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            client.sendmail(sender, ["support@example.com"], raw)
+
+    await asyncio.to_thread(send)
+    async with rt.db.read() as session:
+        stored = (await session.scalars(select(Message))).one()
+
+    from contact_center.app import create_app
+
+    org = await make_org(rt)
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+        response = await client.get(
+            f"/api/v1/conversations/{stored.conversation_id}/messages", headers=org.admin.headers
+        )
+        assert response.status_code == 200, response.text
+        [view] = response.json()
+        [attachment] = view["attachments"]
+        assert attachment["filename"] == filename
+        assert attachment["content_type"] == "image/png"
+        download = await client.get(attachment["url"], headers=org.admin.headers)
+    assert download.status_code == 200
+    assert download.content == image
