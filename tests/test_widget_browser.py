@@ -1,7 +1,8 @@
 """The chat widget in a real browser (chromium via playwright), embedded in a customer's page on
 another origin, against the real app: a visitor writes and the message is stored, an agent's
 reply appears, a reload keeps the history without doubles, hostile agent text stays text, and a
-closed inbox shows the offline form whose message becomes a conversation."""
+closed inbox shows the offline form whose message becomes a conversation, and the pre-chat form
+links the visitor's first message to the customer who has that email."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from playwright.async_api import expect
 from sqlalchemy import select, update
 
 from contact_center.clock import ManualClock
-from contact_center.models import Agent, Conversation, CustomerIdentity, Inbox, Message
+from contact_center.identities import IdentityRef
+from contact_center.ingest import InboundMessage
+from contact_center.models import Agent, Conversation, Customer, CustomerIdentity, Inbox, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.browser import SHOP_HOST, NewPage
-from tests.helpers import make_inbox, make_org
+from tests.helpers import ingest, make_inbox, make_org
 from tests.live import LiveApp, live_app
 
 pytestmark = pytest.mark.browser
@@ -194,3 +197,63 @@ async def test_closed_inbox_shows_the_offline_form_and_its_message_is_stored(
     assert conversation is not None
     assert conversation.inbox_id == "webchat"
     assert ("email", "kenji@example.jp") in identities
+
+
+async def test_pre_chat_form_links_the_first_message_to_the_customer_by_email(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    await make_inbox(rt, "email", "email", "support@shop.test", credentials={})
+    owner = await ingest(
+        rt,
+        InboundMessage(
+            inbox_id="email",
+            provider_message_id="<ada-1@mail.test>",
+            sender=IdentityRef.of("email", "ada@example.org", "Ada Lovelace"),
+            text="Where is my order?",
+            continuous=False,
+        ),
+    )
+    pre_chat = {"enabled": True, "require_email": True, "message": "Who are we talking to?"}
+    await set_settings(rt, live, {"pre_chat": pre_chat})
+    page = await new_page()
+    await page.goto(shop_url(live))
+    await open_widget(page)
+    form = page.get_by_test_id("cc-prechat")
+    await expect(form).to_be_visible()
+    await expect(form).to_contain_text("Who are we talking to?")
+    await expect(page.get_by_label("Message", exact=True)).to_be_hidden()
+
+    # The email is required: the browser does not submit the form without it.
+    await page.get_by_label("Your name").fill("Ada")
+    await page.get_by_role("button", name="Start chat").click()
+    email = page.get_by_label("Your email address")
+    assert await email.evaluate("e => e.validity.valueMissing") is True
+    await expect(form).to_be_visible()
+
+    await email.fill("ada@example.org")
+    await page.get_by_role("button", name="Start chat").click()
+    await expect(form).to_be_hidden()
+    await page.get_by_label("Message", exact=True).fill("Any news on my order?")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+
+    async with rt.db.read() as session:
+        chat = await session.scalar(select(Message).where(Message.inbox_id == "webchat"))
+        visitor = await session.scalar(
+            select(CustomerIdentity).where(CustomerIdentity.kind == "webchat")
+        )
+        customers = (
+            await session.scalars(select(Customer.id).where(Customer.merged_into_id.is_(None)))
+        ).all()
+    assert chat is not None and visitor is not None
+    assert chat.text == "Any news on my order?"
+    assert chat.customer_id == owner.customer_id
+    assert visitor.customer_id == owner.customer_id
+    assert visitor.extra == {"email": "ada@example.org", "email_verified": False}
+    assert list(customers) == [owner.customer_id]
+    # The visitor sees their own chat only, not the customer's email; no form on reload.
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Any news on my order?"])
+    await page.reload()
+    await open_widget(page)
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Any news on my order?"])
+    await expect(page.get_by_test_id("cc-prechat")).to_have_count(0)
