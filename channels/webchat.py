@@ -611,6 +611,8 @@ async def chat_upload(
                 inbox_id=row.id,
                 provider_message_id=f"{visitor_id}:{client_id}",
                 sender=IdentityRef.of("webchat", visitor_id),
+                thread_key=f"{VISITOR_SCOPE}{visitor_id}",  # the visitor's own conversation
+                scoped=True,
                 text=str(data.get("text") or "")[:MAX_TEXT],
                 attachments=(InboundAttachment(upload.filename, upload.content_type, content),),
             )

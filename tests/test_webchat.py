@@ -479,6 +479,8 @@ async def test_unknown_inbox_is_refused(live: LiveApp) -> None:
 async def test_upload_stores_the_file(rt: Runtime, live: LiveApp) -> None:
     async with connect(ws_url(live)) as ws:
         token = (await recv(ws, "hello"))["data"]["visitor_token"]
+        await send(ws, "message.send", client_id="c1", text="see the screenshot")
+        chat = (await recv(ws, "message.ack"))["data"]
     png = b"\x89PNG\r\n\x1a\n" + b"\x03" * 50
     ok = await live.client.post(
         "/webchat/upload",
@@ -498,3 +500,12 @@ async def test_upload_stores_the_file(rt: Runtime, live: LiveApp) -> None:
     assert [(a.filename, a.content_type, a.size) for a in rows] == [
         ("shot.png", "image/png", len(png))
     ]
+    # The file joins the visitor's conversation, and the visitor sees it.
+    async with rt.db.read() as session:
+        upload = await session.get(Message, ok.json()["message_id"])
+    assert upload is not None
+    assert upload.conversation_id == chat["conversation_id"]
+    async with connect(ws_url(live, visitor=token)) as ws:
+        await recv(ws, "hello")
+        history = (await recv(ws, "history"))["data"]["messages"]
+    assert [m["text"] for m in history] == ["see the screenshot", "screenshot"]
