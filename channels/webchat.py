@@ -359,7 +359,8 @@ class ChatSession:
             ref = IdentityRef.of("email", email, name or None) if email else None
         except InvalidIdentity:
             raise ValueError("that email address does not look right") from None
-        if ref is None and PreChatConfig.of(self.inbox.settings).require_email:
+        pre_chat = _pre_chat(self.inbox)
+        if ref is None and pre_chat["enabled"] and pre_chat["require_email"]:
             raise ValueError("an email address is required")
         verified = False
         if given_hash is not None:
@@ -397,57 +398,66 @@ class ChatSession:
             )
 
     async def _link(self, name: str, ref: IdentityRef | None, verified: bool) -> bool:
+        """Apply an identify in one transaction; whether the email is now the visitor's."""
         now = self.rt.clock.now()
         async with self.rt.db.write() as session:
             row = await self._identity_row(session)
             own = await find_by_identity(session, self.identity) if row else None
             owner = await find_by_identity(session, ref) if ref is not None else None
+            # Fresh: the visitor's customer is only this visitor (no other address), so it
+            # may take an email or be folded into the email's customer.
+            fresh = own is None or row is None or not await _has_others(session, own.id, row.id)
+            if verified and not fresh and (owner is None or own is None or owner.id != own.id):
+                # The site vouches for someone else than this visitor already is (a shared
+                # browser, another user signed in): the widget starts a new visitor.
+                raise FrameError("identity_changed", "start a new visitor for this user")
             linked = False
-            if ref is not None and owner is not None and (own is None or own.id != owner.id):
-                others = 0
-                if own is not None and row is not None:
-                    others = int(
-                        await session.scalar(
-                            select(func.count())
-                            .select_from(CustomerIdentity)
-                            .where(
-                                CustomerIdentity.customer_id == own.id,
-                                CustomerIdentity.id != row.id,
-                            )
-                        )
-                        or 0
+            if owner is not None and own is not None and own.id == owner.id:
+                customer, linked = own, True  # linked before: a replay changes nothing
+            elif owner is not None and fresh:
+                if own is not None:
+                    # The visitor wrote before: their customer and conversations move over.
+                    await merge_customers(
+                        session,
+                        source_id=own.id,
+                        target_id=owner.id,
+                        clock=self.rt.clock,
+                        acting_agent_id=None,
                     )
-                if own is not None and others and not verified:
-                    # The visitor already has other addresses of their own: an unverified
-                    # claim does not fold them into someone else's profile; an agent decides.
-                    own.attributes = {
-                        **own.attributes,
-                        "claimed_email": ref.address,
-                        "possible_duplicate_of": owner.id,
-                    }
-                    customer = own
-                else:
-                    if own is not None:
-                        # The visitor's conversations and identity move to the owner.
-                        await merge_customers(
-                            session,
-                            source_id=own.id,
-                            target_id=owner.id,
-                            clock=self.rt.clock,
-                            acting_agent_id=None,
-                        )
-                    linked = True
-                    customer = owner
-            elif own is not None:
-                customer = own
+                customer, linked = owner, True
             elif owner is not None:
-                customer = owner  # the visitor's first act: link straight to the owner
-                linked = True
+                # The visitor already has addresses of their own: an unverified claim does
+                # not fold them into someone else's profile; an agent decides.
+                assert own is not None and ref is not None
+                own.attributes = {
+                    **own.attributes,
+                    "claimed_email": ref.address,
+                    "possible_duplicate_of": owner.id,
+                }
+                customer = own
             else:
-                customer, _ = await resolve_customer(session, self.identity, clock=self.rt.clock)
-            assert customer is not None
-            if owner is not None and customer.id == owner.id:
-                linked = True  # now, or by an earlier identify (a replay changes nothing)
+                if own is None:
+                    customer, _ = await resolve_customer(
+                        session, self.identity, clock=self.rt.clock
+                    )
+                else:
+                    customer = own
+                if ref is not None and fresh:
+                    # Nobody has this address: it becomes the visitor customer's own.
+                    session.add(
+                        CustomerIdentity(
+                            customer_id=customer.id,
+                            kind="email",
+                            address=ref.address,
+                            display_name=name or None,
+                            created_at=now,
+                        )
+                    )
+                    customer.email = customer.email or ref.address
+                    linked = True
+                elif ref is not None:
+                    # Not added to a customer with other addresses on the visitor's word.
+                    customer.attributes = {**customer.attributes, "claimed_email": ref.address}
             if row is None:
                 row = await self._identity_row(session)
             if row is None:
@@ -460,24 +470,11 @@ class ChatSession:
                 session.add(row)
             if name:
                 row.display_name = name
-            if ref is not None and owner is None:
-                # Nobody has this address: it becomes the visitor customer's own.
-                session.add(
-                    CustomerIdentity(
-                        customer_id=customer.id,
-                        kind="email",
-                        address=ref.address,
-                        display_name=name or None,
-                        created_at=now,
-                    )
-                )
-                customer.email = customer.email or ref.address
-                linked = True
-            if ref is not None and (linked or owner is None):
+            if ref is not None and linked:
                 before = row.extra or {}
                 keep = before.get("email") == ref.address and bool(before.get("email_verified"))
                 row.extra = {"email": ref.address, "email_verified": verified or keep}
-            if name and (not customer.name or not linked or owner is None):
+            if name and (not customer.name or (fresh and owner is None)):
                 customer.name = name
             customer.updated_at = now
             await session.flush()
@@ -492,6 +489,16 @@ async def find_inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
     if inbox is None or inbox.kind != "webchat" or not inbox.is_active:
         return None
     return inbox
+
+
+async def _has_others(session: AsyncSession, customer_id: int, identity_id: int) -> bool:
+    """Whether the customer has an identity besides ``identity_id``."""
+    found = await session.scalar(
+        select(CustomerIdentity.id)
+        .where(CustomerIdentity.customer_id == customer_id, CustomerIdentity.id != identity_id)
+        .limit(1)
+    )
+    return found is not None
 
 
 def _pre_chat(inbox: Inbox) -> dict[str, Any]:

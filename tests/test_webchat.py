@@ -339,6 +339,48 @@ async def test_verified_identity_sees_the_customers_earlier_chats(
     assert sorted(bool(m["email_verified"]) for m in marks) == [False, True]
 
 
+async def test_another_signed_in_user_on_the_same_browser_is_a_new_visitor(
+    rt: Runtime, live: LiveApp
+) -> None:
+    async with rt.db.write() as session:
+        inbox = await session.get(Inbox, "webchat")
+        assert inbox is not None
+        inbox.credentials = {"identity_secret": SECRET}
+    ada = await email_customer(rt, "ada@example.org")
+    token, _ = await visitor_chat(
+        live,
+        "Ada's question",
+        email="ada@example.org",
+        identity_hash=identity_hash("ada@example.org"),
+    )
+    # Ada signs out; Bob signs in on the same browser: the site vouches for Bob.
+    async with connect(ws_url(live, visitor=token)) as ws:
+        await recv(ws, "hello")
+        await send(
+            ws, "identify", email="bob@example.org", identity_hash=identity_hash("bob@example.org")
+        )
+        assert (await recv(ws, "error"))["data"]["code"] == "identity_changed"
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(select(CustomerIdentity.kind, CustomerIdentity.customer_id))
+        ).all()
+    assert sorted(rows) == [("email", ada), ("webchat", ada)]
+    # As a new visitor (what the widget does next) Bob has a profile of his own.
+    _, ack = await visitor_chat(
+        live, "Bob here", email="bob@example.org", identity_hash=identity_hash("bob@example.org")
+    )
+    async with rt.db.read() as session:
+        bob = await session.scalar(select(Customer).where(Customer.email == "bob@example.org"))
+    assert bob is not None and bob.id != ada
+    assert await customer_of_message(rt, ack["data"]["message_id"]) == bob.id
+
+
+async def customer_of_message(rt: Runtime, message_id: int) -> int | None:
+    async with rt.db.read() as session:
+        message = await session.get(Message, message_id)
+        return message.customer_id if message else None
+
+
 async def test_wrong_identity_hash_links_nothing(rt: Runtime, live: LiveApp) -> None:
     async with rt.db.write() as session:
         inbox = await session.get(Inbox, "webchat")
@@ -410,6 +452,20 @@ async def test_new_email_becomes_the_visitors_own_and_a_claim_with_other_address
     assert grace_now is not None
     assert grace_now.merged_into_id is None
     assert grace_now.attributes["possible_duplicate_of"] == owner_id
+    # A stranger linked to the owner by their email cannot add addresses to the owner's profile.
+    async with connect(ws_url(live)) as ws:
+        await recv(ws, "hello")
+        await send(ws, "identify", email="owner@example.org")
+        assert (await recv(ws, "identified"))["data"]["email_linked"] is True
+        await send(ws, "identify", email="mallory@evil.test")
+        assert (await recv(ws, "identified"))["data"]["email_linked"] is False
+    async with rt.db.read() as session:
+        addresses = (
+            await session.scalars(
+                select(CustomerIdentity.address).where(CustomerIdentity.customer_id == owner_id)
+            )
+        ).all()
+    assert "mallory@evil.test" not in addresses
 
 
 async def test_pre_chat_settings_are_checked_and_reach_the_widget(

@@ -176,6 +176,14 @@
         typing.textContent = data.typing ? "Support is typing…" : "";
       } else if (frame.type === "identified") {
         identified();
+      } else if (frame.type === "error" && data.code === "identity_changed") {
+        // The site's signed-in user is not who this visitor was (a shared browser): forget
+        // this visitor and everything shown, and start afresh as a new one.
+        state = {}; save();
+        messages = {}; pending = {};
+        log.replaceChildren();
+        socket.close();
+        return;
       } else if (frame.type === "error") {
         status.textContent = data.message || data.code;
       }
