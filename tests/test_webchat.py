@@ -565,3 +565,20 @@ async def test_upload_stores_the_file(rt: Runtime, live: LiveApp) -> None:
         await recv(ws, "hello")
         history = (await recv(ws, "history"))["data"]["messages"]
     assert [m["text"] for m in history] == ["see the screenshot", "screenshot"]
+
+
+async def test_a_reopened_chat_is_continued_by_its_visitor(rt: Runtime, live: LiveApp) -> None:
+    from contact_center.conversations import change_conversation
+    from contact_center.models import Conversation, ConversationStatus
+
+    token, first = await visitor_chat(live, "first")
+    conversation_id = first["data"]["conversation_id"]
+    for status in (ConversationStatus.resolved, ConversationStatus.open):
+        async with rt.db.write() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            assert conversation is not None
+            await change_conversation(
+                session, conversation, clock=rt.clock, acting_agent_id=None, status=status
+            )
+    _, again = await visitor_chat(live, "second", token=token)
+    assert again["data"]["conversation_id"] == conversation_id
