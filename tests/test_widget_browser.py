@@ -6,12 +6,15 @@ links the visitor's first message to the customer who has that email."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from litestar import Request, Response, get
+from litestar.params import FromQuery
 from playwright.async_api import expect
 from sqlalchemy import select, update
 
@@ -45,11 +48,30 @@ def shop_page(request: Request[Any, Any, Any]) -> Response[str]:
     )
 
 
+IDENTITY_SECRET = "shop-identity-secret-0123456789"
+
+
+@get("/demo/account", sync_to_thread=False, include_in_schema=False)
+def account_page(request: Request[Any, Any, Any], user: FromQuery[str]) -> Response[str]:
+    """The shop's page for a signed-in user: the shop's server signs the user's email."""
+    widget = f"http://127.0.0.1:{request.url.port}/widget.js"
+    email = f"{user}@example.org"
+    signed = hmac.new(IDENTITY_SECRET.encode(), email.encode(), hashlib.sha256).hexdigest()
+    return Response(
+        "<!doctype html><meta charset=utf-8><title>Account</title><h1>Your account</h1>"
+        f"<script src='{widget}' data-inbox='webchat' data-title='Chat with us'"
+        f" data-user-name='{user.title()}' data-user-email='{email}' data-user-hash='{signed}'"
+        " async></script>",
+        media_type="text/html",
+    )
+
+
 @pytest.fixture
 async def live(rt: Runtime) -> AsyncIterator[LiveApp]:
     await make_inbox(rt, "webchat", "webchat", "site", credentials={})
     # The scheduler runs in the app, so events reach the widget as in production.
-    async with live_app(rt, run_scheduler=True, extra_route_handlers=[shop_page]) as app:
+    routes = [shop_page, account_page]
+    async with live_app(rt, run_scheduler=True, extra_route_handlers=routes) as app:
         await set_settings(rt, app, {})
         yield app
 
@@ -257,3 +279,43 @@ async def test_pre_chat_form_links_the_first_message_to_the_customer_by_email(
     await open_widget(page)
     await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Any news on my order?"])
     await expect(page.get_by_test_id("cc-prechat")).to_have_count(0)
+
+
+async def test_signed_in_users_are_verified_and_a_new_user_is_a_new_visitor(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    async with rt.db.write() as session:
+        inbox = await session.get(Inbox, "webchat")
+        assert inbox is not None
+        inbox.credentials = {"identity_secret": IDENTITY_SECRET}
+    await set_settings(rt, live, {"pre_chat": {"enabled": True, "require_email": True}})
+    page = await new_page()
+    account = shop_url(live).replace("/demo/shop", "/demo/account")
+    await page.goto(account + "?user=ada")
+    await open_widget(page)  # open once the server confirmed Ada: no pre-chat form
+    await expect(page.get_by_test_id("cc-prechat")).to_have_count(0)
+    await page.get_by_label("Message", exact=True).fill("Ada, signed in")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+
+    # Ada signs out and Bob signs in on the same browser: Bob sees nothing of Ada's.
+    await page.goto(account + "?user=bob")
+    await open_widget(page)
+    await expect(page.locator(".ccw-msg")).to_have_count(0)
+    await page.get_by_label("Message", exact=True).fill("Bob, signed in")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Bob, signed in"])
+
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.text, Customer.email, Message.extra)
+                .join(Customer, Customer.id == Message.customer_id)
+                .order_by(Message.id)
+            )
+        ).all()
+    assert [(text, email, extra["email_verified"]) for text, email, extra in rows] == [
+        ("Ada, signed in", "ada@example.org", True),
+        ("Bob, signed in", "bob@example.org", True),
+    ]

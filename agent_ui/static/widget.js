@@ -61,7 +61,8 @@
   ].join(""));
   document.head.appendChild(css);
 
-  // data-state: connecting, open (live chat), away (offline form), reconnecting.
+  // data-state: connecting, identifying (a signed-in user, until the server confirms), open
+  // (live chat), away (offline form), reconnecting.
   var root = el("div", { "class": "ccw", "data-testid": "cc-widget", "data-state": "connecting" });
   var button = el("button", { "class": "ccw-button", type: "button" }, title);
   var panel = el("div", { "class": "ccw-panel", role: "dialog", "aria-label": title });
@@ -161,7 +162,8 @@
         } else if (data.open !== false && data.pre_chat && data.pre_chat.enabled && !data.identified && !state.identified) {
           showPreChat(data.pre_chat);
         }
-        root.setAttribute("data-state", data.open === false ? "away" : "open");
+        // A signed-in user's widget takes messages once the server confirmed who they are.
+        root.setAttribute("data-state", data.open === false ? "away" : (siteUser ? "identifying" : "open"));
       } else if (frame.type === "history") {
         (data.messages || []).forEach(render);
       } else if (frame.type === "message.created") {
@@ -176,6 +178,7 @@
         typing.textContent = data.typing ? "Support is typing…" : "";
       } else if (frame.type === "identified") {
         identified();
+        if (root.getAttribute("data-state") === "identifying") { root.setAttribute("data-state", "open"); }
       } else if (frame.type === "error" && data.code === "identity_changed") {
         // The site's signed-in user is not who this visitor was (a shared browser): forget
         // this visitor and everything shown, and start afresh as a new one.
@@ -260,7 +263,7 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value.trim();
-    if (!text || !socket || socket.readyState !== 1) { return; }
+    if (!text || !socket || socket.readyState !== 1 || root.getAttribute("data-state") !== "open") { return; }
     var id = clientId();
     pending[id] = null;
     render({ client_id: id, direction: "in", text: text, delivery_status: "sending" });
