@@ -7,17 +7,20 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 (after ``last_event_id`` when given, then live), ``message.ack`` (for a client's
 ``message.send``), ``typing`` (an agent types), ``error``. Client -> server: ``message.send``
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
-``identify`` ``{name, email}`` (pre-chat form), ``resume`` ``{last_event_id}``, ``ping``.
+``identify`` ``{name, email, identity_hash?}`` (pre-chat form or a signed-in user),
+``resume`` ``{last_event_id}``, ``ping``.
 ``hello`` also says whether the inbox is open now (its ``settings.business_hours`` calendar);
 when it is closed the widget shows a message form instead, posted to ``/webchat/offline``
 (``channels/webchat_offline.py``).
 
 A visitor is identified by a random id carried in an HMAC-signed token (a key derived from
 ``CC_SECRET_KEY``), kept by the widget in localStorage: the same visitor across page loads and
-reconnects. A pre-chat email is unverified, so it never joins an existing customer on its own:
-it is added as the visitor customer's identity only if no one else has it, else recorded as a
-possible duplicate for an agent to merge. The widget only ever sees conversations of this
-inbox.
+reconnects. Every conversation belongs to the visitor who started it (thread key
+"visitor:<id>", and a visitor-scoped active key), and the widget sees only those. So a pre-chat
+email (``identify``) can link the visitor to the existing customer who has it, with one profile
+for the agent, without showing the visitor anything another visitor wrote; the link is marked
+unverified unless the site signs the email (``identity_hash``, HMAC-SHA256 with the inbox's
+``credentials.identity_secret``). docs/architecture.md section 9 has the rules.
 """
 
 from __future__ import annotations
