@@ -36,6 +36,8 @@ JS_STRINGS = {
     "cannot_open": "This conversation cannot be opened.",
     "mentioned_by": "{name} mentioned you",
     "merge_confirm": "Merge customer #{source} into customer #{target}? This cannot be undone.",
+    "email_unverified": "unverified email {email}",
+    "email_verified": "verified email {email}",
     "sla_due": "{metric} due in {time}",
     "sla_overdue": "{metric} overdue by {time}",
     "sla_paused": "{metric} paused",

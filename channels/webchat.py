@@ -7,17 +7,20 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 (after ``last_event_id`` when given, then live), ``message.ack`` (for a client's
 ``message.send``), ``typing`` (an agent types), ``error``. Client -> server: ``message.send``
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
-``identify`` ``{name, email}`` (pre-chat form), ``resume`` ``{last_event_id}``, ``ping``.
+``identify`` ``{name, email, identity_hash?}`` (pre-chat form or a signed-in user),
+``resume`` ``{last_event_id}``, ``ping``.
 ``hello`` also says whether the inbox is open now (its ``settings.business_hours`` calendar);
 when it is closed the widget shows a message form instead, posted to ``/webchat/offline``
 (``channels/webchat_offline.py``).
 
 A visitor is identified by a random id carried in an HMAC-signed token (a key derived from
 ``CC_SECRET_KEY``), kept by the widget in localStorage: the same visitor across page loads and
-reconnects. A pre-chat email is unverified, so it never joins an existing customer on its own:
-it is added as the visitor customer's identity only if no one else has it, else recorded as a
-possible duplicate for an agent to merge. The widget only ever sees conversations of this
-inbox.
+reconnects. Every conversation belongs to the visitor who started it (thread key
+"visitor:<id>", and a visitor-scoped active key), and the widget sees only those. So a pre-chat
+email (``identify``) can link the visitor to the existing customer who has it, with one profile
+for the agent, without showing the visitor anything another visitor wrote; the link is marked
+unverified unless the site signs the email (``identity_hash``, HMAC-SHA256 with the inbox's
+``credentials.identity_secret``). docs/architecture.md section 9 has the rules.
 """
 
 from __future__ import annotations
@@ -36,16 +39,17 @@ from litestar.exceptions import ClientException, NotAuthorizedException, WebSock
 from litestar.params import Body, FromQuery
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.webhooks import runtime_of
 from contact_center.calendars import Calendar, CalendarError
-from contact_center.customers import find_by_identity
+from contact_center.customers import find_by_identity, merge_customers, resolve_customer
 from contact_center.identities import IdentityRef, InvalidIdentity
+from contact_center.inbox_config import InboxConfigError, PreChatConfig, identity_secret
 from contact_center.ingest import InboundAttachment, InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
 from contact_center.models import (
     Conversation,
-    Customer,
     CustomerIdentity,
     DeliveryStatus,
     DomainEvent,
@@ -55,7 +59,7 @@ from contact_center.models import (
 from contact_center.outbound import OutboundMessage, SendResult
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
-from contact_center.wsutil import Bucket, serve_frames
+from contact_center.wsutil import Bucket, FrameError, serve_frames
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ RATE = 5.0  # frames per second, sustained
 BURST = 20
 HISTORY = 100
 PUBLIC_EVENT_TYPES = frozenset({"message.created", "message.status"})
+VISITOR_SCOPE = "visitor:"  # a web chat conversation's thread key: the visitor who started it
 OFFLINE_MESSAGE = "We're away right now. Leave a message and we'll get back to you by email."
 
 
@@ -125,6 +130,11 @@ def public_message(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class ChatSession:
+    """One connected visitor. The visitor's view is scoped to the conversations this visitor
+    started (thread key "visitor:<id>"), whoever the customer behind them is: linking the
+    visitor to an existing customer by a pre-chat email never shows the visitor that
+    customer's other conversations, unless the site vouched for the email (identity_hash)."""
+
     def __init__(
         self, rt: Runtime, socket: WebSocket[Any, Any, Any], inbox: Inbox, visitor_id: str
     ) -> None:
@@ -133,26 +143,72 @@ class ChatSession:
         self.inbox = inbox
         self.visitor_id = visitor_id
         self.identity = IdentityRef.of("webchat", visitor_id)
+        self.scope = f"{VISITOR_SCOPE}{visitor_id}"
         self.customer_id: int | None = None
-        self.conversations: set[int] = set()
+        # The pre-chat email this visitor gave: {"email", "email_verified"} (identity extra).
+        self.claim: dict[str, Any] = {}
+        self.own: set[int] = set()  # conversations this visitor started
+        self.conversations: set[int] = set()  # what the visitor may see (own, or verified)
         self.sent_upto = 0
         self.bucket = Bucket(RATE, BURST)
 
+    async def _identity_row(self, session: AsyncSession) -> CustomerIdentity | None:
+        return await session.scalar(
+            select(CustomerIdentity).where(
+                CustomerIdentity.kind == self.identity.kind,
+                CustomerIdentity.address == self.identity.address,
+            )
+        )
+
     async def refresh(self) -> None:
         async with self.rt.db.read() as session:
-            customer = await find_by_identity(session, self.identity)
+            row = await self._identity_row(session)
+            customer = await find_by_identity(session, self.identity) if row else None
             self.customer_id = customer.id if customer else None
-            if self.customer_id is not None:
-                self.conversations = set(
-                    (
-                        await session.scalars(
-                            select(Conversation.id).where(
-                                Conversation.customer_id == self.customer_id,
-                                Conversation.inbox_id == self.inbox.id,
-                            )
+            self.claim = dict(row.extra or {}) if row else {}
+            self.own = set(
+                (
+                    await session.scalars(
+                        select(Conversation.id).where(
+                            Conversation.inbox_id == self.inbox.id,
+                            Conversation.thread_key == self.scope,
                         )
-                    ).all()
+                    )
+                ).all()
+            )
+            self.conversations = set(self.own)
+            if self.customer_id is not None and self.claim.get("email_verified"):
+                self.conversations |= await self._verified_conversations(session)
+
+    async def _verified_conversations(self, session: AsyncSession) -> set[int]:
+        """A verified visitor also sees the customer's web chats in this inbox started by
+        visitors verified for the same email (the signed-in user's other devices)."""
+        rows = (
+            await session.execute(
+                select(Conversation.id, Conversation.thread_key).where(
+                    Conversation.inbox_id == self.inbox.id,
+                    Conversation.customer_id == self.customer_id,
+                    Conversation.thread_key.like(f"{VISITOR_SCOPE}%"),
                 )
+            )
+        ).all()
+        visitors = {str(key)[len(VISITOR_SCOPE) :] for _, key in rows}
+        if not visitors:
+            return set()
+        idents = (
+            await session.scalars(
+                select(CustomerIdentity).where(
+                    CustomerIdentity.kind == "webchat", CustomerIdentity.address.in_(visitors)
+                )
+            )
+        ).all()
+        email = self.claim.get("email")
+        trusted = {
+            f"{VISITOR_SCOPE}{i.address}"
+            for i in idents
+            if (i.extra or {}).get("email_verified") and (i.extra or {}).get("email") == email
+        }
+        return {conv_id for conv_id, key in rows if key in trusted}
 
     def visible(self, env: dict[str, Any]) -> bool:
         if env.get("type") not in PUBLIC_EVENT_TYPES:
@@ -169,7 +225,9 @@ class ChatSession:
         if env.get("type") == "message.created" and env.get("conversation_id") not in (
             self.conversations
         ):
-            await self.refresh()
+            customer = env.get("customer_id") or (env.get("data") or {}).get("customer_id")
+            if self.customer_id is None or customer in (None, self.customer_id):
+                await self.refresh()  # a conversation of ours we have not seen yet (upload)
         if self.visible(env):
             data = env["data"]
             if env["type"] == "message.created":
@@ -178,7 +236,7 @@ class ChatSession:
         self.sent_upto = position
 
     async def backlog(self, after: int) -> None:
-        if self.customer_id is None:
+        if not self.conversations:
             return
         async with self.rt.db.read() as session:
             rows = (
@@ -186,7 +244,7 @@ class ChatSession:
                     select(DomainEvent)
                     .where(
                         DomainEvent.position > after,
-                        DomainEvent.customer_id == self.customer_id,
+                        DomainEvent.conversation_id.in_(self.conversations),
                         DomainEvent.type.in_(PUBLIC_EVENT_TYPES),
                     )
                     .order_by(DomainEvent.position)
@@ -234,7 +292,7 @@ class ChatSession:
         elif kind == "message.send":
             await self.send_message(data)
         elif kind == "typing":
-            for conversation_id in self.conversations:
+            for conversation_id in self.own:
                 await self.rt.bus.publish(
                     TYPING_CHANNEL,
                     {
@@ -258,17 +316,24 @@ class ChatSession:
             raise ValueError("message.send needs a client_id of 1 to 64 characters")
         if not text or len(text) > MAX_TEXT:
             raise ValueError(f"message.send needs text of 1 to {MAX_TEXT} characters")
+        extra: dict[str, Any] = {"client_id": client_id}
+        if self.claim.get("email"):
+            extra["identified_email"] = self.claim["email"]
+            extra["email_verified"] = bool(self.claim.get("email_verified"))
         result = await self.rt.ingestor.ingest(
             InboundMessage(
                 inbox_id=self.inbox.id,
                 provider_message_id=f"{self.visitor_id}:{client_id}",
                 sender=self.identity,
                 text=text,
-                extra={"client_id": client_id},
+                thread_key=self.scope,
+                scoped=True,
+                extra=extra,
             )
         )
         (DUPLICATES if result.duplicate else INGESTED).labels("webchat").inc()
         self.customer_id = result.customer_id
+        self.own.add(result.conversation_id)
         self.conversations.add(result.conversation_id)
         if not result.duplicate:
             await self.rt.committed()
@@ -285,49 +350,138 @@ class ChatSession:
         )
 
     async def identify(self, data: dict[str, Any]) -> None:
+        """The pre-chat form (or the site, for its signed-in user): a name and an email.
+
+        An email that belongs to an existing customer links this visitor to that customer
+        (the agent sees one profile), marked unverified unless ``identity_hash`` is
+        HMAC-SHA256(inbox identity secret, email) in hex. A wrong hash links nothing."""
         name = str(data.get("name") or "").strip()[:200]
         email = str(data.get("email") or "").strip()
-        if self.customer_id is None:
-            # Create the customer now so the profile exists before the first message.
-            async with self.rt.db.write() as session:
-                from contact_center.customers import resolve_customer
-
-                created, _ = await resolve_customer(session, self.identity, clock=self.rt.clock)
-                self.customer_id = created.id
-        linked = False
+        given_hash = data.get("identity_hash")
         try:
             ref = IdentityRef.of("email", email, name or None) if email else None
         except InvalidIdentity:
             raise ValueError("that email address does not look right") from None
+        pre_chat = _pre_chat(self.inbox)
+        if ref is None and pre_chat["enabled"] and pre_chat["require_email"]:
+            raise ValueError("an email address is required")
+        verified = False
+        if given_hash is not None:
+            secret = identity_secret(self.inbox.credentials or {})
+            if secret is None or ref is None or not isinstance(given_hash, str):
+                raise FrameError("identity_unverified", "identity verification is not possible")
+            expected = hmac.new(secret.encode(), ref.address.encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, given_hash.strip().lower()):
+                raise FrameError("identity_unverified", "identity_hash does not match the email")
+            verified = True
+        for attempt in range(3):
+            try:
+                linked = await self._link(name, ref, verified)
+                break
+            except IntegrityError:
+                # Another tab of this visitor identified at the same moment: look again.
+                if attempt == 2:
+                    raise
+        await self.rt.committed()
+        await self.refresh()
+        await self.socket.send_json(
+            {
+                "type": "identified",
+                "data": {
+                    "name": name,
+                    "email_linked": linked,
+                    "email_verified": bool(self.claim.get("email_verified")),
+                },
+            }
+        )
+        if verified:
+            # The signed-in user's earlier web chats in this inbox are now theirs to see.
+            await self.socket.send_json(
+                {"type": "history", "data": {"messages": await self.history()}}
+            )
+
+    async def _link(self, name: str, ref: IdentityRef | None, verified: bool) -> bool:
+        """Apply an identify in one transaction; whether the email is now the visitor's."""
+        now = self.rt.clock.now()
         async with self.rt.db.write() as session:
-            customer = await session.get(Customer, self.customer_id)
-            assert customer is not None
-            if name:
-                customer.name = name
-            if ref is not None:
-                owner = await find_by_identity(session, ref)
-                if owner is None:
+            row = await self._identity_row(session)
+            own = await find_by_identity(session, self.identity) if row else None
+            owner = await find_by_identity(session, ref) if ref is not None else None
+            # Fresh: the visitor's customer is only this visitor (no other address), so it
+            # may take an email or be folded into the email's customer.
+            fresh = own is None or row is None or not await _has_others(session, own.id, row.id)
+            if verified and not fresh and (owner is None or own is None or owner.id != own.id):
+                # The site vouches for someone else than this visitor already is (a shared
+                # browser, another user signed in): the widget starts a new visitor.
+                raise FrameError("identity_changed", "start a new visitor for this user")
+            linked = False
+            if owner is not None and own is not None and own.id == owner.id:
+                customer, linked = own, True  # linked before: a replay changes nothing
+            elif owner is not None and fresh:
+                if own is not None:
+                    # The visitor wrote before: their customer and conversations move over.
+                    await merge_customers(
+                        session,
+                        source_id=own.id,
+                        target_id=owner.id,
+                        clock=self.rt.clock,
+                        acting_agent_id=None,
+                    )
+                customer, linked = owner, True
+            elif owner is not None:
+                # The visitor already has addresses of their own: an unverified claim does
+                # not fold them into someone else's profile; an agent decides.
+                assert own is not None and ref is not None
+                own.attributes = {
+                    **own.attributes,
+                    "claimed_email": ref.address,
+                    "possible_duplicate_of": owner.id,
+                }
+                customer = own
+            else:
+                if own is None:
+                    customer, _ = await resolve_customer(
+                        session, self.identity, clock=self.rt.clock
+                    )
+                else:
+                    customer = own
+                if ref is not None and fresh:
+                    # Nobody has this address: it becomes the visitor customer's own.
                     session.add(
                         CustomerIdentity(
                             customer_id=customer.id,
                             kind="email",
                             address=ref.address,
                             display_name=name or None,
-                            created_at=self.rt.clock.now(),
+                            created_at=now,
                         )
                     )
                     customer.email = customer.email or ref.address
                     linked = True
-                elif owner.id != customer.id:
-                    customer.attributes = {
-                        **customer.attributes,
-                        "claimed_email": ref.address,
-                        "possible_duplicate_of": owner.id,
-                    }
-            customer.updated_at = self.rt.clock.now()
-        await self.socket.send_json(
-            {"type": "identified", "data": {"name": name, "email_linked": linked}}
-        )
+                elif ref is not None:
+                    # Not added to a customer with other addresses on the visitor's word.
+                    customer.attributes = {**customer.attributes, "claimed_email": ref.address}
+            if row is None:
+                row = await self._identity_row(session)
+            if row is None:
+                row = CustomerIdentity(
+                    customer_id=customer.id,
+                    kind=self.identity.kind,
+                    address=self.identity.address,
+                    created_at=now,
+                )
+                session.add(row)
+            if name:
+                row.display_name = name
+            if ref is not None and linked:
+                before = row.extra or {}
+                keep = before.get("email") == ref.address and bool(before.get("email_verified"))
+                row.extra = {"email": ref.address, "email_verified": verified or keep}
+            if name and (not customer.name or (fresh and owner is None)):
+                customer.name = name
+            customer.updated_at = now
+            await session.flush()
+        return linked
 
 
 async def find_inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
@@ -338,6 +492,24 @@ async def find_inbox(rt: Runtime, inbox_id: str | None) -> Inbox | None:
     if inbox is None or inbox.kind != "webchat" or not inbox.is_active:
         return None
     return inbox
+
+
+async def _has_others(session: AsyncSession, customer_id: int, identity_id: int) -> bool:
+    """Whether the customer has an identity besides ``identity_id``."""
+    found = await session.scalar(
+        select(CustomerIdentity.id)
+        .where(CustomerIdentity.customer_id == customer_id, CustomerIdentity.id != identity_id)
+        .limit(1)
+    )
+    return found is not None
+
+
+def _pre_chat(inbox: Inbox) -> dict[str, Any]:
+    try:
+        return PreChatConfig.of(inbox.settings).view()
+    except InboxConfigError as exc:  # stored before the admin API checked it
+        log.warning("inbox %s: pre_chat ignored: %s", inbox.id, exc)
+        return PreChatConfig(False, False, "").view()
 
 
 def origin_allowed(inbox: Inbox, origin: str | None) -> bool:
@@ -370,6 +542,8 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
                     "last_event_id": head,
                     "inbox": {"id": inbox.id, "name": inbox.name},
                     "greeting": inbox.settings.get("greeting", ""),
+                    "pre_chat": _pre_chat(inbox),
+                    "identified": bool(chat.claim.get("email")),
                     **availability(inbox, rt.clock.now()),
                 },
             }
@@ -447,6 +621,8 @@ async def chat_upload(
                 inbox_id=row.id,
                 provider_message_id=f"{visitor_id}:{client_id}",
                 sender=IdentityRef.of("webchat", visitor_id),
+                thread_key=f"{VISITOR_SCOPE}{visitor_id}",  # the visitor's own conversation
+                scoped=True,
                 text=str(data.get("text") or "")[:MAX_TEXT],
                 attachments=(InboundAttachment(upload.filename, upload.content_type, content),),
             )

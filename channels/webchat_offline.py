@@ -13,6 +13,8 @@ later email or chat from that address joins the same customer. With a valid visi
 visitor and the email are tied together where that exposes nobody's history: the email is added
 to the visitor's customer only if no one has it yet, and the visitor's chat identity is added to
 the email's customer only if the visitor has none and that customer began with this message.
+A message sent with a visitor token opens (or continues) that visitor's own conversation, so the
+widget shows the visitor what they wrote and the answer, and nothing another visitor wrote.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from channels.webchat import (
     MAX_TEXT,
+    VISITOR_SCOPE,
     availability,
     find_inbox,
     origin_allowed,
@@ -131,7 +134,16 @@ async def _accept(rt: Runtime, row: Inbox, fields: dict[str, Any]) -> dict[str, 
             provider_message_id=f"offline:{key}",
             sender=sender,
             text=text,
-            extra={"client_id": client_id, "offline_form": True},
+            # With a visitor token the conversation is this visitor's (the widget shows it to
+            # them, and it never continues another visitor's conversation of that customer).
+            thread_key=f"{VISITOR_SCOPE}{visitor_id}" if visitor_id else None,
+            scoped=visitor_id is not None,
+            extra={
+                "client_id": client_id,
+                "offline_form": True,
+                "identified_email": sender.address,
+                "email_verified": False,
+            },
         )
     )
     (DUPLICATES if result.duplicate else INGESTED).labels("webchat").inc()

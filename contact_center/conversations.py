@@ -42,7 +42,8 @@ async def change_conversation(
             conversation.resolved_at = None
             inbox = await session.get(Inbox, conversation.inbox_id)
             if inbox is not None and inbox.kind != "email":
-                key = active_key(conversation.inbox_id, conversation.customer_id)
+                scope = conversation.thread_key if inbox.kind == "webchat" else None
+                key = active_key(conversation.inbox_id, conversation.customer_id, scope)
                 holder = await session.scalar(
                     select(Conversation.id).where(Conversation.active_key == key)
                 )

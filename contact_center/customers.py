@@ -14,9 +14,18 @@ from contact_center.views import customer_view
 MAX_MERGE_CHAIN = 32
 
 
-def active_key(inbox_id: str, customer_id: int) -> str:
-    """The key that keeps one active chat-like conversation per (inbox, customer)."""
+def active_key(inbox_id: str, customer_id: int, scope: str | None = None) -> str:
+    """The key that keeps one active chat-like conversation per (inbox, customer), or per
+    (inbox, scope, customer) where one customer talks from several independent places (each
+    web chat visitor: ``scope`` is the conversation's thread key, "visitor:<id>")."""
+    if scope:
+        return f"{inbox_id}:{scope}:{customer_id}"
     return f"{inbox_id}:{customer_id}"
+
+
+def rekey(key: str, customer_id: int) -> str:
+    """An active key moved to another customer, keeping its inbox and scope."""
+    return f"{key.rsplit(':', 1)[0]}:{customer_id}"
 
 
 class MergeError(ValueError):
@@ -110,7 +119,12 @@ async def resolve_customer(
 
 
 async def merge_customers(
-    session: AsyncSession, *, source_id: int, target_id: int, clock: Clock, acting_agent_id: int
+    session: AsyncSession,
+    *,
+    source_id: int,
+    target_id: int,
+    clock: Clock,
+    acting_agent_id: int | None,
 ) -> Customer:
     """Fold ``source`` into ``target``: identities, conversations and messages move over,
     and ``source`` keeps pointing at ``target`` so later lookups land on the survivor."""
@@ -138,9 +152,9 @@ async def merge_customers(
     for conversation in moved:
         conversation.customer_id = target.id
         if conversation.active_key is not None:
+            key = rekey(conversation.active_key, target.id)
             conversation.active_key = None
             await session.flush()
-            key = active_key(conversation.inbox_id, target.id)
             taken = await session.scalar(
                 select(Conversation.id).where(Conversation.active_key == key)
             )

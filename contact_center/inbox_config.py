@@ -5,6 +5,9 @@
   credentials as ``imap_username`` and ``imap_password``.
 - ``settings.auto_reply``: acknowledge a new conversation automatically (``{"enabled",
   "subject", "text", "max_per_sender_per_day"}``).
+- ``settings.pre_chat`` (web chat): ask the visitor's name and email before the first message
+  (``{"enabled", "require_email", "message"}``); ``credentials.identity_secret`` lets the site
+  vouch for its signed-in user's email (HMAC-SHA256, see channels/webchat.py).
 
 The admin API checks these when an inbox is saved (400 naming the field); the poller and the
 auto-reply job parse them again, so an inbox stored before this check still fails clearly.
@@ -146,8 +149,58 @@ class AutoReplyConfig:
         return self.subject.replace("{subject}", original or "your request")[:500]
 
 
+@dataclass(frozen=True, slots=True)
+class PreChatConfig:
+    enabled: bool
+    require_email: bool
+    message: str
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> PreChatConfig:
+        """The web chat's pre-chat form (disabled when the setting is absent)."""
+        section = _section(settings, "pre_chat")
+        p = "settings.pre_chat"
+        if section is None:
+            return cls(False, False, "")
+        enabled = _flag(section, "enabled", True, prefix=p)
+        require_email = _flag(section, "require_email", False, prefix=p)
+        message = section.get("message", "")
+        if not isinstance(message, str):
+            raise InboxConfigError(f"{p}.message: must be a string")
+        if len(message) > 1000:
+            raise InboxConfigError(f"{p}.message: at most 1000 characters")
+        return cls(enabled, require_email, message)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "require_email": self.require_email,
+            "message": self.message,
+        }
+
+
+MIN_IDENTITY_SECRET = 16
+
+
+def identity_secret(credentials: dict[str, Any]) -> str | None:
+    """The web chat's identity verification secret, if the inbox has one."""
+    secret = credentials.get("identity_secret")
+    if secret is None or secret == "":
+        return None
+    if not isinstance(secret, str) or len(secret) < MIN_IDENTITY_SECRET:
+        raise InboxConfigError(
+            f"credentials.identity_secret: a string of at least {MIN_IDENTITY_SECRET} characters"
+        )
+    return secret
+
+
 def check_inbox(kind: str, settings: dict[str, Any], credentials: dict[str, Any]) -> None:
     """Raise ``InboxConfigError`` if the inbox's optional features are misconfigured."""
+    if kind == "webchat":
+        PreChatConfig.of(settings)
+        identity_secret(credentials)
+    elif settings.get("pre_chat") is not None:
+        raise InboxConfigError("settings.pre_chat: only web chat inboxes have it")
     if kind != "email":
         for name in ("imap", "auto_reply"):
             if settings.get(name) is not None:

@@ -84,6 +84,9 @@ class InboundMessage:
     # Chat-like channels continue the customer's active conversation in the inbox; email
     # (continuous=False) opens a new conversation unless a thread reference matches.
     continuous: bool = True
+    # A continuous channel where one customer talks from independent places (web chat: each
+    # visitor) keeps one active conversation per place: the thread key joins the active key.
+    scoped: bool = False
     language: str | None = None
     attachments: tuple[InboundAttachment, ...] = ()
     sent_at: datetime | None = None
@@ -176,7 +179,7 @@ class Ingestor:
             "pid": msg.provider_message_id,
             "kind": msg.sender.kind,
             "addr": msg.sender.address,
-            "key_prefix": active_key(msg.inbox_id, 0)[:-1],
+            "key_prefix": active_key(msg.inbox_id, 0, _scope(msg))[:-1],
             "needs_name": bool(msg.sender.display_name),
         }
         if not self.db.is_sqlite:
@@ -380,7 +383,7 @@ class Ingestor:
             found = await self._by_reference(session, msg, customer.id)
             if found is not None:
                 return found, False
-        key = active_key(msg.inbox_id, customer.id) if msg.continuous else None
+        key = active_key(msg.inbox_id, customer.id, _scope(msg)) if msg.continuous else None
         if key is not None:
             found = await session.scalar(select(Conversation).where(Conversation.active_key == key))
             if found is not None:
@@ -445,6 +448,10 @@ class Ingestor:
             .order_by(Conversation.id.desc())
             .limit(1)
         )
+
+
+def _scope(msg: InboundMessage) -> str | None:
+    return msg.thread_key if msg.scoped else None
 
 
 _MESSAGES: Table = Message.__table__  # type: ignore[assignment]

@@ -287,6 +287,9 @@ class CustomerIdentity(Base):
     kind: Mapped[str] = mapped_column(String(20))
     address: Mapped[str] = mapped_column(String(254))
     display_name: Mapped[str | None] = mapped_column(String(200))
+    # How the identity was linked when no channel proved it: a web chat visitor who gave an
+    # email in the pre-chat form carries {"email", "email_verified"} (channels/webchat.py).
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime]
 
     customer: Mapped[Customer] = relationship(back_populates="identities")

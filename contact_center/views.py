@@ -49,6 +49,9 @@ def message_view(
         "html": msg.html,
         # Email: the history under the new text, for the console to fold (channels/email_quotes).
         "quoted_text": (msg.extra or {}).get("quoted_text"),
+        # Web chat: the pre-chat email the visitor gave, and whether the site vouched for it.
+        "identified_email": (msg.extra or {}).get("identified_email"),
+        "email_verified": (msg.extra or {}).get("email_verified"),
         "subject": msg.subject,
         "delivery_status": msg.delivery_status,
         "status_reason": msg.status_reason,
@@ -86,6 +89,8 @@ def identity_view(identity: CustomerIdentity) -> dict[str, Any]:
         "kind": identity.kind,
         "address": identity.address,
         "display_name": identity.display_name,
+        # A web chat visitor linked by a pre-chat email: {"email", "email_verified"}.
+        "extra": identity.extra or {},
     }
 
 

@@ -21,7 +21,15 @@ from websockets.exceptions import ConnectionClosed
 
 from contact_center.api.auth import throttle
 from contact_center.clock import ManualClock
-from contact_center.models import Agent, Conversation, Message, Role, Team, TeamMember
+from contact_center.models import (
+    Agent,
+    Conversation,
+    CustomerIdentity,
+    Message,
+    Role,
+    Team,
+    TeamMember,
+)
 from contact_center.runtime import Runtime
 from tests.browser import ARTIFACTS, NewPage
 from tests.helpers import ingest, make_inbox, make_person, run_jobs, sms
@@ -424,6 +432,16 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     )
     assert added.status_code in (200, 201), added.text
     async with rt.db.write() as session:
+        # A web chat visitor linked to the customer by an unverified pre-chat email.
+        session.add(
+            CustomerIdentity(
+                customer_id=now.customer_id,
+                kind="webchat",
+                address="v1",
+                extra={"email": "deniz@example.com", "email_verified": False},
+                created_at=rt.clock.now(),
+            )
+        )
         current = await session.get(Conversation, now.conversation_id)
         assert current is not None
         current.assignee_id = person.id
@@ -437,7 +455,12 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     panel = page.locator("#customer")
     await expect(panel).to_be_visible()
     await expect(panel.locator("#identities li")).to_have_text(
-        ["phone +14155550100", "email deniz@example.com"], ignore_case=True
+        [
+            "phone +14155550100",
+            "email deniz@example.com",
+            "webchat v1 unverified email deniz@example.com",
+        ],
+        ignore_case=True,
     )
     await expect(panel.locator("#history li")).to_have_count(2)
     await panel.locator(f'#history li[data-conversation-id="{earlier.conversation_id}"]').click()

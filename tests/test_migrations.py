@@ -69,3 +69,40 @@ async def test_app_refuses_to_start_on_unmigrated_database(tmp_path: Path) -> No
         assert "run `contact-center migrate`" in str(error)
     finally:
         await rt.close()
+
+
+async def test_web_chats_from_before_visitor_scoping_stay_the_visitors(empty_db: str) -> None:
+    """0007: an open web chat started before conversations were scoped to their visitor is
+    still the visitor's (thread key and active key), so they continue it and see it."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    await asyncio.to_thread(migrate, empty_db, "0006")
+    db = Database(empty_db, pool=False)
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    try:
+        async with db.engine.begin() as conn:
+            for sql in (
+                "INSERT INTO inboxes (id, name, kind, address, credentials, settings, is_active,"
+                " created_at) VALUES ('site', 'Site', 'webchat', 'site', '{}', '{}', true, :now)",
+                "INSERT INTO customers (id, name, tier, attributes, created_at, updated_at)"
+                " VALUES (7, 'Ada', 'standard', '{}', :now, :now)",
+                "INSERT INTO customer_identities (customer_id, kind, address, created_at)"
+                " VALUES (7, 'webchat', 'abc123', :now)",
+                "INSERT INTO conversations (id, inbox_id, customer_id, status, priority,"
+                " active_key, created_at, updated_at, last_message_at)"
+                " VALUES (1, 'site', 7, 'open', 2, 'site:7', :now, :now, :now)",
+            ):
+                await conn.execute(text(sql), {"now": now})
+        await asyncio.to_thread(migrate, empty_db)
+        async with db.engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT thread_key, active_key FROM conversations"))
+            ).one()
+            extra = await conn.scalar(text("SELECT extra FROM customer_identities"))
+        assert tuple(row) == ("visitor:abc123", "site:visitor:abc123:7")
+        assert extra in ({}, "{}")
+    finally:
+        await db.dispose()

@@ -249,9 +249,13 @@ async def test_a_visitor_claiming_someone_elses_email_sees_nothing_of_theirs(
     assert claimed.status_code == 201
     async with connect(ws_url(live, visitor=token)) as ws:
         await recv(ws, "hello")
-        assert (await recv(ws, "history"))["data"]["messages"] == []
+        history = (await recv(ws, "history"))["data"]["messages"]
+    # Only what this visitor wrote (in a conversation of its own), nothing of the owner's.
+    assert [m["text"] for m in history] == ["It's me, honest"]
     async with rt.db.read() as session:
+        conversations = set((await session.scalars(select(Message.conversation_id))).all())
         kinds = (await session.scalars(select(CustomerIdentity.kind))).all()
+    assert len(conversations) == 2
     assert sorted(kinds) == ["email"]
 
 

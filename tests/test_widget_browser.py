@@ -1,25 +1,31 @@
 """The chat widget in a real browser (chromium via playwright), embedded in a customer's page on
 another origin, against the real app: a visitor writes and the message is stored, an agent's
 reply appears, a reload keeps the history without doubles, hostile agent text stays text, and a
-closed inbox shows the offline form whose message becomes a conversation."""
+closed inbox shows the offline form whose message becomes a conversation, and the pre-chat form
+links the visitor's first message to the customer who has that email."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from litestar import Request, Response, get
+from litestar.params import FromQuery
 from playwright.async_api import expect
 from sqlalchemy import select, update
 
 from contact_center.clock import ManualClock
-from contact_center.models import Agent, Conversation, CustomerIdentity, Inbox, Message
+from contact_center.identities import IdentityRef
+from contact_center.ingest import InboundMessage
+from contact_center.models import Agent, Conversation, Customer, CustomerIdentity, Inbox, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.browser import SHOP_HOST, NewPage
-from tests.helpers import make_inbox, make_org
+from tests.helpers import ingest, make_inbox, make_org
 from tests.live import LiveApp, live_app
 
 pytestmark = pytest.mark.browser
@@ -42,11 +48,30 @@ def shop_page(request: Request[Any, Any, Any]) -> Response[str]:
     )
 
 
+IDENTITY_SECRET = "shop-identity-secret-0123456789"
+
+
+@get("/demo/account", sync_to_thread=False, include_in_schema=False)
+def account_page(request: Request[Any, Any, Any], user: FromQuery[str]) -> Response[str]:
+    """The shop's page for a signed-in user: the shop's server signs the user's email."""
+    widget = f"http://127.0.0.1:{request.url.port}/widget.js"
+    email = f"{user}@example.org"
+    signed = hmac.new(IDENTITY_SECRET.encode(), email.encode(), hashlib.sha256).hexdigest()
+    return Response(
+        "<!doctype html><meta charset=utf-8><title>Account</title><h1>Your account</h1>"
+        f"<script src='{widget}' data-inbox='webchat' data-title='Chat with us'"
+        f" data-user-name='{user.title()}' data-user-email='{email}' data-user-hash='{signed}'"
+        " async></script>",
+        media_type="text/html",
+    )
+
+
 @pytest.fixture
 async def live(rt: Runtime) -> AsyncIterator[LiveApp]:
     await make_inbox(rt, "webchat", "webchat", "site", credentials={})
     # The scheduler runs in the app, so events reach the widget as in production.
-    async with live_app(rt, run_scheduler=True, extra_route_handlers=[shop_page]) as app:
+    routes = [shop_page, account_page]
+    async with live_app(rt, run_scheduler=True, extra_route_handlers=routes) as app:
         await set_settings(rt, app, {})
         yield app
 
@@ -194,3 +219,103 @@ async def test_closed_inbox_shows_the_offline_form_and_its_message_is_stored(
     assert conversation is not None
     assert conversation.inbox_id == "webchat"
     assert ("email", "kenji@example.jp") in identities
+
+
+async def test_pre_chat_form_links_the_first_message_to_the_customer_by_email(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    await make_inbox(rt, "email", "email", "support@shop.test", credentials={})
+    owner = await ingest(
+        rt,
+        InboundMessage(
+            inbox_id="email",
+            provider_message_id="<ada-1@mail.test>",
+            sender=IdentityRef.of("email", "ada@example.org", "Ada Lovelace"),
+            text="Where is my order?",
+            continuous=False,
+        ),
+    )
+    pre_chat = {"enabled": True, "require_email": True, "message": "Who are we talking to?"}
+    await set_settings(rt, live, {"pre_chat": pre_chat})
+    page = await new_page()
+    await page.goto(shop_url(live))
+    await open_widget(page)
+    form = page.get_by_test_id("cc-prechat")
+    await expect(form).to_be_visible()
+    await expect(form).to_contain_text("Who are we talking to?")
+    await expect(page.get_by_label("Message", exact=True)).to_be_hidden()
+
+    # The email is required: the browser does not submit the form without it.
+    await page.get_by_label("Your name").fill("Ada")
+    await page.get_by_role("button", name="Start chat").click()
+    email = page.get_by_label("Your email address")
+    assert await email.evaluate("e => e.validity.valueMissing") is True
+    await expect(form).to_be_visible()
+
+    await email.fill("ada@example.org")
+    await page.get_by_role("button", name="Start chat").click()
+    await expect(form).to_be_hidden()
+    await page.get_by_label("Message", exact=True).fill("Any news on my order?")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+
+    async with rt.db.read() as session:
+        chat = await session.scalar(select(Message).where(Message.inbox_id == "webchat"))
+        visitor = await session.scalar(
+            select(CustomerIdentity).where(CustomerIdentity.kind == "webchat")
+        )
+        customers = (
+            await session.scalars(select(Customer.id).where(Customer.merged_into_id.is_(None)))
+        ).all()
+    assert chat is not None and visitor is not None
+    assert chat.text == "Any news on my order?"
+    assert chat.customer_id == owner.customer_id
+    assert visitor.customer_id == owner.customer_id
+    assert visitor.extra == {"email": "ada@example.org", "email_verified": False}
+    assert list(customers) == [owner.customer_id]
+    # The visitor sees their own chat only, not the customer's email; no form on reload.
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Any news on my order?"])
+    await page.reload()
+    await open_widget(page)
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Any news on my order?"])
+    await expect(page.get_by_test_id("cc-prechat")).to_have_count(0)
+
+
+async def test_signed_in_users_are_verified_and_a_new_user_is_a_new_visitor(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    async with rt.db.write() as session:
+        inbox = await session.get(Inbox, "webchat")
+        assert inbox is not None
+        inbox.credentials = {"identity_secret": IDENTITY_SECRET}
+    await set_settings(rt, live, {"pre_chat": {"enabled": True, "require_email": True}})
+    page = await new_page()
+    account = shop_url(live).replace("/demo/shop", "/demo/account")
+    await page.goto(account + "?user=ada")
+    await open_widget(page)  # open once the server confirmed Ada: no pre-chat form
+    await expect(page.get_by_test_id("cc-prechat")).to_have_count(0)
+    await page.get_by_label("Message", exact=True).fill("Ada, signed in")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+
+    # Ada signs out and Bob signs in on the same browser: Bob sees nothing of Ada's.
+    await page.goto(account + "?user=bob")
+    await open_widget(page)
+    await expect(page.locator(".ccw-msg")).to_have_count(0)
+    await page.get_by_label("Message", exact=True).fill("Bob, signed in")
+    await page.get_by_label("Message", exact=True).press("Enter")
+    await expect(page.locator(".ccw-in[data-id]")).to_have_count(1)
+    await expect(page.locator(".ccw-msg .ccw-text")).to_have_text(["Bob, signed in"])
+
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.text, Customer.email, Message.extra)
+                .join(Customer, Customer.id == Message.customer_id)
+                .order_by(Message.id)
+            )
+        ).all()
+    assert [(text, email, extra["email_verified"]) for text, email, extra in rows] == [
+        ("Ada, signed in", "ada@example.org", True),
+        ("Bob, signed in", "bob@example.org", True),
+    ]

@@ -534,6 +534,9 @@ function showCustomer(customer, conversationId) {
     ...(customer.identities || []).map((i) => {
       const item = el("li");
       item.append(el("span", "channel", i.kind), " ", i.address);
+      // A web chat visitor linked by a pre-chat email: did the site vouch for it?
+      const claim = i.extra?.email;
+      if (claim) item.append(" ", el("span", "channel", t(i.extra.email_verified ? "email_verified" : "email_unverified", { email: claim })));
       return item;
     }),
   );

@@ -2,7 +2,11 @@
  * Speaks /ws/chat (see channels/webchat.py). Keeps the visitor token and the last event id in
  * localStorage, so a reload or a dropped connection resumes with nothing lost or repeated:
  * messages are keyed by id and updated in place. When the inbox is closed (hello says so), a
- * message form replaces the live chat and posts to /webchat/offline. Text is only ever set with
+ * message form replaces the live chat and posts to /webchat/offline. When the inbox asks for it
+ * (hello.pre_chat), a pre-chat form takes name and email before the first message and sends
+ * `identify`; a site that knows its signed-in user passes data-user-name, data-user-email and
+ * data-user-hash (HMAC-SHA256 of the email with the inbox's identity secret, computed on the
+ * site's server) and the widget identifies on every connect. Text is only ever set with
  * textContent. No dependencies, no build step. */
 (function () {
   "use strict";
@@ -10,6 +14,11 @@
   if (!script) { return; }
   var inbox = script.getAttribute("data-inbox") || "webchat";
   var title = script.getAttribute("data-title") || "Chat with us";
+  var siteUser = script.getAttribute("data-user-email") ? {
+    name: script.getAttribute("data-user-name") || "",
+    email: script.getAttribute("data-user-email"),
+    identity_hash: script.getAttribute("data-user-hash") || undefined
+  } : null;
   var base = new URL(script.src, window.location.href);
   var key = "cc-chat:" + base.host + ":" + inbox;
   var state = JSON.parse(localStorage.getItem(key) || "{}");
@@ -44,11 +53,16 @@
     ".ccw-away .ccw-offline{display:flex}.ccw-away .ccw-log,.ccw-away .ccw-typing,.ccw-away .ccw-form{display:none}",
     ".ccw-offline input,.ccw-offline textarea{font:inherit;padding:8px;border:1px solid #ccd;border-radius:6px}",
     ".ccw-away-done{padding:12px}.ccw:not(.ccw-away) .ccw-away-done{display:none}",
-    ".ccw-offline button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}"
+    ".ccw-offline button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}",
+    ".ccw-prechat{display:none;flex:1;flex-direction:column;gap:8px;padding:12px;overflow-y:auto}",
+    ".ccw-pre .ccw-prechat{display:flex}.ccw-pre .ccw-log,.ccw-pre .ccw-typing,.ccw-pre .ccw-form{display:none}",
+    ".ccw-prechat input{font:inherit;padding:8px;border:1px solid #ccd;border-radius:6px}",
+    ".ccw-prechat button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}"
   ].join(""));
   document.head.appendChild(css);
 
-  // data-state: connecting, open (live chat), away (offline form), reconnecting.
+  // data-state: connecting, identifying (a signed-in user, until the server confirms), open
+  // (live chat), away (offline form), reconnecting.
   var root = el("div", { "class": "ccw", "data-testid": "cc-widget", "data-state": "connecting" });
   var button = el("button", { "class": "ccw-button", type: "button" }, title);
   var panel = el("div", { "class": "ccw-panel", role: "dialog", "aria-label": title });
@@ -100,6 +114,34 @@
     log.scrollTop = log.scrollHeight;
   }
 
+  // The pre-chat form: made only when the inbox asks for it (hello.pre_chat).
+  var pre = null;
+  function showPreChat(config) {
+    if (!pre) {
+      pre = el("form", { "class": "ccw-prechat", "data-testid": "cc-prechat" });
+      pre.appendChild(el("p", { "class": "ccw-pre-note" }, config.message || "Before we start, tell us who you are."));
+      var preName = el("input", { name: "name", autocomplete: "name", placeholder: "Your name", "aria-label": "Your name", maxlength: "200" });
+      var preEmail = el("input", { name: "email", type: "email", autocomplete: "email", placeholder: "Your email address", "aria-label": "Your email address", maxlength: "254" });
+      if (config.require_email) { preEmail.setAttribute("required", "required"); }
+      pre.appendChild(preName); pre.appendChild(preEmail);
+      pre.appendChild(el("button", { type: "submit" }, "Start chat"));
+      pre.addEventListener("submit", function (event) {
+        event.preventDefault();
+        if (!socket || socket.readyState !== 1) { return; }
+        status.textContent = "";
+        socket.send(JSON.stringify({ type: "identify", data: { name: preName.value.trim(), email: preEmail.value.trim() } }));
+      });
+      panel.insertBefore(pre, status);
+    }
+    root.classList.add("ccw-pre");
+  }
+  function identified() {
+    state.identified = true;
+    save();
+    root.classList.remove("ccw-pre");
+    if (root.classList.contains("ccw-open")) { input.focus(); }
+  }
+
   function connect() {
     var url = new URL("/ws/chat", base);
     url.protocol = base.protocol === "https:" ? "wss:" : "ws:";
@@ -115,7 +157,13 @@
         if (!state.last) { state.last = data.last_event_id; }
         save();
         setOpen(data.open !== false, data);
-        root.setAttribute("data-state", data.open === false ? "away" : "open");
+        if (siteUser) {
+          socket.send(JSON.stringify({ type: "identify", data: siteUser }));
+        } else if (data.open !== false && data.pre_chat && data.pre_chat.enabled && !data.identified && !state.identified) {
+          showPreChat(data.pre_chat);
+        }
+        // A signed-in user's widget takes messages once the server confirmed who they are.
+        root.setAttribute("data-state", data.open === false ? "away" : (siteUser ? "identifying" : "open"));
       } else if (frame.type === "history") {
         (data.messages || []).forEach(render);
       } else if (frame.type === "message.created") {
@@ -128,6 +176,17 @@
         if (mine) { messages[data.message_id] = mine; mine.setAttribute("data-id", data.message_id); mine.lastChild.textContent = ""; delete pending[data.client_id]; }
       } else if (frame.type === "typing") {
         typing.textContent = data.typing ? "Support is typing…" : "";
+      } else if (frame.type === "identified") {
+        identified();
+        if (root.getAttribute("data-state") === "identifying") { root.setAttribute("data-state", "open"); }
+      } else if (frame.type === "error" && data.code === "identity_changed") {
+        // The site's signed-in user is not who this visitor was (a shared browser): forget
+        // this visitor and everything shown, and start afresh as a new one.
+        state = {}; save();
+        messages = {}; pending = {};
+        log.replaceChildren();
+        socket.close();
+        return;
       } else if (frame.type === "error") {
         status.textContent = data.message || data.code;
       }
@@ -204,7 +263,7 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value.trim();
-    if (!text || !socket || socket.readyState !== 1) { return; }
+    if (!text || !socket || socket.readyState !== 1 || root.getAttribute("data-state") !== "open") { return; }
     var id = clientId();
     pending[id] = null;
     render({ client_id: id, direction: "in", text: text, delivery_status: "sending" });
