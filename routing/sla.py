@@ -668,6 +668,7 @@ class SlaService:
                     case.resume(at)
                 if SlaMetric.resolution.value not in case.open:
                     case.start(session, SlaMetric.resolution, at)  # new or reopened
+                    await self._owe_response(session, case, at)
             return
         if event.type == "message.created":
             if data.get("private"):
@@ -676,10 +677,7 @@ class SlaService:
             if direction == Direction.inbound.value and author == AuthorType.customer.value:
                 if case.policy is None or any(m.value in case.open for m in RESPONSE_METRICS):
                     return
-                if case.responded is None:
-                    case.responded = await self._responded(session, case.conversation.id, at)
-                if case.responded:  # before the first answer, first_response is the clock
-                    case.start(session, SlaMetric.next_response, at)
+                await self._owe_response(session, case, at)
             elif direction == Direction.outbound.value and author == AuthorType.agent.value:
                 for metric in (
                     SlaMetric.first_response,
@@ -690,6 +688,17 @@ class SlaService:
                 case.responded = True
                 if SlaMetric.resolution.value in case.open:
                     case.start(session, SlaMetric.periodic_update, at)
+
+    async def _owe_response(self, session: AsyncSession, case: Case, at: datetime) -> None:
+        """Start the response clock the case owes, unless one is open: ``next_response`` once
+        an agent has answered publicly, else ``first_response`` again (a conversation resolved
+        unanswered and reopened still owes its first reply, with the full target)."""
+        if case.policy is None or any(m.value in case.open for m in RESPONSE_METRICS):
+            return
+        if case.responded is None:
+            case.responded = await self._responded(session, case.conversation.id, at)
+        metric = SlaMetric.next_response if case.responded else SlaMetric.first_response
+        case.start(session, metric, at)
 
     async def _start_missing(self, session: AsyncSession, case: Case, at: datetime) -> None:
         """A conversation that a policy now covers gets the clocks it should have running."""

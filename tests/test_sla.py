@@ -364,6 +364,42 @@ async def test_next_response_periodic_update_resolution_and_reopen(
     assert [c.status for c in await clocks(rt, cid, "next_response")][-1] == "running"
 
 
+async def test_a_case_resolved_unanswered_owes_its_first_response_again_when_reopened(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    await make_policy(rt, targets_=targets(first_response=30, next_response=20, resolution=480))
+    phone = "+14155559003"
+    cid = await arrive(rt, phone=phone)
+    await sla_pass(rt)
+    clock.advance(minutes=10)
+    await set_status(rt, cid, ConversationStatus.resolved)  # closed without a public answer
+    await sla_pass(rt)
+    assert [c.status for c in await clocks(rt, cid, "first_response")] == ["cancelled"]
+
+    # Reopened by an agent: the first reply is owed again, with the full target.
+    clock.advance(hours=1)
+    await set_status(rt, cid, ConversationStatus.open)
+    await sla_pass(rt)
+    firsts = await clocks(rt, cid, "first_response")
+    assert [c.status for c in firsts] == ["cancelled", "running"]
+    assert at(firsts[1].due_at) == clock.now() + timedelta(minutes=30)
+
+    # The customer writes meanwhile: still the first response (no next_response before it).
+    clock.advance(minutes=5)
+    await arrive(rt, "anyone?", phone=phone)
+    await sla_pass(rt)
+    assert await clocks(rt, cid, "next_response") == []
+    assert len(await clocks(rt, cid, "first_response")) == 2
+
+    clock.advance(minutes=3)
+    await agent_reply(rt, cid, org.agent.id)
+    await sla_pass(rt)
+    firsts = await clocks(rt, cid, "first_response")
+    assert firsts[1].status == "fulfilled" and firsts[1].breached_at is None
+    assert await clocks(rt, cid, "next_response") == []
+
+
 async def test_a_priority_change_retargets_the_open_clocks(
     rt: Runtime, clock: ManualClock, org: Org
 ) -> None:
