@@ -59,7 +59,10 @@ CONSUMED_TYPES: Final = (
     "conversation.updated",
     "message.created",
     "sla.policies_changed",
+    "customer.updated",
+    "customer.merged",
 )
+CUSTOMER_TYPES: Final = frozenset({"customer.updated", "customer.merged"})
 MAX_TARGET_MINUTES: Final = 366 * 24 * 60
 ESCALATION_ACTIONS: Final = ("raise_priority", "queue", "email", "slack")
 CONDITION_KEYS: Final = ("priorities", "channels", "inbox_ids", "tiers", "ticket_types")
@@ -601,6 +604,9 @@ class SlaService:
                         session, event.created_at, cases, policies, calendars
                     )
                     continue
+                if event.type in CUSTOMER_TYPES:
+                    await self._customer_changed(session, event, cases, policies, calendars)
+                    continue
                 cid = event.conversation_id
                 if cid is None:
                     continue
@@ -741,6 +747,46 @@ class SlaService:
                 continue
             policy = choose(policies, case.subject)
             case.retarget(policy, _calendar_of(policy, calendars), at)
+            await self._start_missing(session, case, at)
+
+    async def _customer_changed(
+        self,
+        session: AsyncSession,
+        event: DomainEvent,
+        cases: dict[int, Case | None],
+        policies: list[SlaPolicy],
+        calendars: dict[int, Calendar],
+    ) -> None:
+        """A customer's tier changed (or conversations joined them by a merge): the open
+        conversations of that customer get the policy their tier now chooses."""
+        customer_id = event.customer_id
+        if customer_id is None:
+            return
+        data = event.payload or {}
+        tier = (
+            data["tier"]
+            if isinstance(data.get("tier"), str)
+            else await session.scalar(select(Customer.tier).where(Customer.id == customer_id))
+        )
+        ids = (
+            await session.scalars(
+                select(Conversation.id).where(
+                    Conversation.customer_id == customer_id,
+                    Conversation.status != ConversationStatus.resolved.value,
+                )
+            )
+        ).all()
+        at = event.created_at
+        for cid in ids:
+            if cid not in cases:
+                cases[cid] = await self._load(session, cid, policies, calendars)
+            case = cases[cid]
+            if case is None:
+                continue
+            case.subject = replace(case.subject, tier=tier)
+            policy = choose(policies, case.subject)
+            if (policy.id if policy else None) != (case.policy.id if case.policy else None):
+                case.retarget(policy, _calendar_of(policy, calendars), at)
             await self._start_missing(session, case, at)
 
     async def _emit(self, session: AsyncSession, cases: list[Case]) -> None:

@@ -417,6 +417,85 @@ async def test_a_priority_change_retargets_the_open_clocks(
     assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)  # 10 used, 5 left
 
 
+@pytest.mark.parametrize(
+    ("conditions", "specific"),
+    [
+        ({"channels": ["sms"]}, True),
+        ({"channels": ["email", "whatsapp"]}, False),
+        ({"inbox_ids": ["sms"]}, True),
+        ({"inbox_ids": ["another-inbox"]}, False),
+        ({"tiers": ["standard"]}, True),
+        ({"tiers": ["vip"]}, False),
+        ({"channels": ["sms"], "tiers": ["vip"]}, False),  # every condition given must hold
+    ],
+)
+async def test_channel_inbox_and_tier_conditions_choose_the_policy(
+    rt: Runtime, clock: ManualClock, org: Org, conditions: dict[str, list[str]], specific: bool
+) -> None:
+    clock.set(MONDAY_10_IST)
+    await make_policy(
+        rt, "Specific", position=0, conditions=conditions, targets_=targets(first_response=15)
+    )
+    fallback = await make_policy(rt, "Fallback", position=1, targets_=targets(first_response=60))
+    cid = await arrive(rt)  # SMS inbox "sms", a new customer of tier "standard"
+    await sla_pass(rt)
+    first = await one(rt, cid, "first_response")
+    assert first.target_seconds == (15 if specific else 60) * 60
+    assert (first.policy_id == fallback) is not specific
+
+
+async def test_a_customers_tier_change_rechooses_the_policy_of_their_open_conversations(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    vip = await make_policy(
+        rt, "VIP", position=0, conditions={"tiers": ["vip"]}, targets_=targets(first_response=15)
+    )
+    standard = await make_policy(
+        rt, "Standard", position=1, targets_=targets(first_response=60, resolution=600)
+    )
+    phone = "+14155559004"
+    done = await arrive(rt, phone=phone)
+    await set_status(rt, done, ConversationStatus.resolved)
+    cid = await arrive(rt, "again", phone=phone)
+    assert cid != done
+    await sla_pass(rt)
+    assert (await one(rt, cid, "first_response")).policy_id == standard
+    async with rt.db.read() as session:
+        customer_id = (await session.get(Conversation, cid)).customer_id  # type: ignore[union-attr]
+
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    auth = {"Authorization": f"Bearer {org.supervisor.token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.local", headers=auth) as c:
+        clock.advance(minutes=10)
+        changed = await c.patch(f"/api/v1/customers/{customer_id}", json={"tier": "vip"})
+        assert changed.status_code == 200, changed.text
+        await sla_pass(rt)
+        first = await one(rt, cid, "first_response")
+        assert (first.policy_id, first.target_seconds) == (vip, 15 * 60)
+        assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)  # 10 used, 5 left
+        # The VIP policy has no resolution target: that clock stops.
+        assert (await one(rt, cid, "resolution")).status == "cancelled"
+        # The resolved conversation keeps what it had.
+        assert {c.policy_id for c in await clocks(rt, done)} == {standard}
+
+        clock.advance(minutes=2)
+        back = await c.patch(f"/api/v1/customers/{customer_id}", json={"tier": "standard"})
+        assert back.status_code == 200
+        await sla_pass(rt)
+        first = await one(rt, cid, "first_response")
+        assert (first.policy_id, first.target_seconds) == (standard, 60 * 60)
+        assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=60)
+        resolutions = await clocks(rt, cid, "resolution")
+        assert [r.status for r in resolutions] == ["cancelled", "running"]
+
+        # Renaming (no tier change) moves nothing.
+        await c.patch(f"/api/v1/customers/{customer_id}", json={"name": "Renamed"})
+        await sla_pass(rt)
+        assert len(await clocks(rt, cid)) == 3
+
+
 async def test_policy_changes_through_the_api_recompute_open_clocks(
     rt: Runtime, clock: ManualClock, org: Org
 ) -> None:
