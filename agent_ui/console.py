@@ -2,9 +2,10 @@
 
 Server-rendered Jinja2 pages (autoescaped) with small static ES modules, no build step. The
 session is an ``AuthToken`` of kind ``session`` in the ``cc_session`` cookie (HttpOnly,
-SameSite=Lax, Secure on https); the console's websocket and API calls carry it. Every
-state-changing request authenticated by that cookie must also carry the ``cc_csrf`` cookie's
-value (a form field here, the ``X-CSRF-Token`` header on the API: see ``auth.py``).
+SameSite=Lax, Secure when CC_PUBLIC_URL is https); the console's websocket and API calls carry
+it. Every state-changing request authenticated by that cookie must also carry the
+``cc_csrf`` cookie's value (a form field here, the ``X-CSRF-Token`` header on the API: see
+``auth.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 def _secure(request: Request[Any, Any, Any]) -> bool:
-    return request.url.scheme == "https"
+    """Cookies are ``Secure`` when the public address (``CC_PUBLIC_URL``) is https: behind a
+    TLS-terminating proxy the request itself arrives over plain http."""
+    public = _runtime(request).settings.public_url
+    return public.lower().startswith("https://") or request.url.scheme == "https"
 
 
 def _csrf_cookie(request: Request[Any, Any, Any]) -> tuple[str, list[Cookie]]:
