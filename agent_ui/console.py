@@ -25,6 +25,7 @@ from litestar.response import Redirect
 
 from agent_ui import i18n
 from contact_center.api.auth import throttle
+from contact_center.api.common import zones
 from contact_center.auth import (
     CSRF_COOKIE,
     MIN_PASSWORD,
@@ -310,13 +311,15 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
     agent = found[0]
     csrf, cookies = _csrf_cookie(request)
     lang = i18n.pick(agent.locale, request.headers.get("accept-language"))
+    zone = agent.timezone if agent.timezone in zones() else "UTC"  # a bad zone never breaks it
     return _page(
         "console.html",
         cookies=cookies,
         lang=lang,
         csrf=csrf,
         agent=agent,
-        timezone=agent.timezone or "UTC",
+        timezone=zone,
+        languages=[(code, i18n.language_name(code)) for code in i18n.LANGUAGES],
         strings=i18n.js_strings(lang),
         wallboard=Role(agent.role).rank >= Role.supervisor.rank,
     )

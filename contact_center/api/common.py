@@ -38,13 +38,13 @@ class Page(msgspec.Struct):
 
 
 @functools.cache
-def _zones() -> frozenset[str]:
+def zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
 def check_timezone(value: str, field: str = "timezone") -> str:
     """An IANA time zone name (``Europe/Istanbul``, ``UTC``), else a 400 naming the field."""
-    if value not in _zones():
+    if value not in zones():
         raise ClientException(f"{field}: not an IANA time zone (e.g. Europe/Istanbul or UTC)")
     return value
 
