@@ -63,6 +63,7 @@ class LoginForm(msgspec.Struct):
     password: str = ""
     csrf: str = ""
     next: str = ""
+    conversation: str = ""  # from a /agent#conversation-N link (login.js)
 
 
 # Where a sign-in may continue (a fixed list: never an address taken from the request).
@@ -71,6 +72,11 @@ LANDING_PAGES = ("/agent", "/supervisor")
 
 def _landing(value: str | None) -> str:
     return value if value in LANDING_PAGES else "/agent"
+
+
+def _conversation_link(value: str) -> str:
+    """A conversation id to open after sign-in (digits only), else nothing."""
+    return value if value.isascii() and value.isdigit() and len(value) <= 12 else ""
 
 
 class PasswordForm(msgspec.Struct):
@@ -165,6 +171,7 @@ async def login(
             csrf=csrf,
             email=email,
             next=_landing(data.next),
+            conversation=_conversation_link(data.conversation),
             error="Your sign-in form expired. Please try again.",
         )
     client = request.client.host if request.client else "?"
@@ -178,6 +185,7 @@ async def login(
             csrf=csrf,
             email=email,
             next=_landing(data.next),
+            conversation=_conversation_link(data.conversation),
             error="Too many failed sign-ins. Wait a few minutes and try again.",
         )
     async with rt.db.write() as session:
@@ -192,12 +200,17 @@ async def login(
                 csrf=csrf,
                 email=email,
                 next=_landing(data.next),
+                conversation=_conversation_link(data.conversation),
                 error="Wrong email or password.",
             )
         token = await issue_token(session, agent, rt=rt, kind="session")
     throttle.succeeded(keys[0])
+    landing = _landing(data.next)
+    conversation = _conversation_link(data.conversation)
+    if landing == "/agent" and conversation:
+        landing = f"/agent#conversation-{conversation}"
     return Redirect(
-        _landing(data.next),
+        landing,
         status_code=303,
         cookies=[_session_cookie(request, rt, token), *cookies],
     )
@@ -327,6 +340,7 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
 
 ASSETS = {
     "console.js": "text/javascript",
+    "login.js": "text/javascript",
     "console.css": "text/css",
     "supervisor.js": "text/javascript",
     "supervisor.css": "text/css",
