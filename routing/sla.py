@@ -674,7 +674,7 @@ class SlaService:
                     case.resume(at)
                 if SlaMetric.resolution.value not in case.open:
                     case.start(session, SlaMetric.resolution, at)  # new or reopened
-                    await self._owe_response(session, case, at)
+                    await self._owe_response(session, case, at, first_only=True)
             return
         if event.type == "message.created":
             if data.get("private"):
@@ -695,16 +695,21 @@ class SlaService:
                 if SlaMetric.resolution.value in case.open:
                     case.start(session, SlaMetric.periodic_update, at)
 
-    async def _owe_response(self, session: AsyncSession, case: Case, at: datetime) -> None:
+    async def _owe_response(
+        self, session: AsyncSession, case: Case, at: datetime, *, first_only: bool = False
+    ) -> None:
         """Start the response clock the case owes, unless one is open: ``next_response`` once
-        an agent has answered publicly, else ``first_response`` again (a conversation resolved
-        unanswered and reopened still owes its first reply, with the full target)."""
+        an agent has answered publicly (only for a customer message: ``first_only`` on a
+        reopen), else ``first_response`` again (a conversation resolved unanswered and
+        reopened still owes its first reply, with the full target)."""
         if case.policy is None or any(m.value in case.open for m in RESPONSE_METRICS):
             return
         if case.responded is None:
             case.responded = await self._responded(session, case.conversation.id, at)
-        metric = SlaMetric.next_response if case.responded else SlaMetric.first_response
-        case.start(session, metric, at)
+        if not case.responded:
+            case.start(session, SlaMetric.first_response, at)
+        elif not first_only:
+            case.start(session, SlaMetric.next_response, at)
 
     async def _start_missing(self, session: AsyncSession, case: Case, at: datetime) -> None:
         """A conversation that a policy now covers gets the clocks it should have running."""

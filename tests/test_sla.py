@@ -356,12 +356,21 @@ async def test_next_response_periodic_update_resolution_and_reopen(
     # Reopened, and the customer writes: a new resolution cycle and a next response owed.
     clock.advance(hours=1)
     await set_status(rt, cid, ConversationStatus.open)
+    await sla_pass(rt)
+    # Answered before: reopening owes no response until the customer writes.
+    assert [c.status for c in await clocks(rt, cid, "next_response")] == [
+        "fulfilled",
+        "cancelled",
+    ]
+    assert [c.status for c in await clocks(rt, cid, "first_response")] == ["fulfilled"]
+    clock.advance(minutes=7)
     assert await arrive(rt, "it broke again", phone=phone) == cid
     await sla_pass(rt)
     resolutions = await clocks(rt, cid, "resolution")
     assert [r.status for r in resolutions] == ["fulfilled", "running"]
-    assert at(resolutions[1].due_at) == clock.now() + timedelta(minutes=480)
-    assert [c.status for c in await clocks(rt, cid, "next_response")][-1] == "running"
+    assert at(resolutions[1].due_at) == clock.now() - timedelta(minutes=7) + timedelta(minutes=480)
+    nxt = (await clocks(rt, cid, "next_response"))[-1]
+    assert nxt.status == "running" and at(nxt.due_at) == clock.now() + timedelta(minutes=20)
 
 
 async def test_a_case_resolved_unanswered_owes_its_first_response_again_when_reopened(
