@@ -58,6 +58,8 @@ async def test_unread_counts_follow_each_agents_read_marker(
     assert done.json()["unread_count"] == 0
     assert (await unread(client, agent))[cid] == 0
     assert (await unread(client, supervisor))[cid] == 2  # each agent has their own marker
+    shown = await client.get(f"/api/v1/conversations/{cid}", headers=bearer(supervisor))
+    assert shown.json()["unread_count"] == 2  # showing is not reading
 
     # The agent's own reply is not unread; the customer's next message is.
     async with rt.db.write() as session:

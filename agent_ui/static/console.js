@@ -297,6 +297,7 @@ function addConversation(id, { name = null, channel = "", status = "open", unrea
           entry.label.textContent = customerLabel(conv, id);
           entry.channel = conv.channel || "";
           entry.badge.textContent = channelName(conv.channel);
+          if (state.open !== id) setUnread(id, conv.unread_count ?? entry.count);
           filterMine();
         })
         .catch(() => {});

@@ -172,15 +172,19 @@ class ConversationController(Controller):
     async def get_conversation(
         self, request: Request[Any, Any, Any], conversation_id: FromPath[int]
     ) -> dict[str, Any]:
-        """One conversation with its customer and its latest 100 messages (oldest first)."""
+        """One conversation with its customer, its latest 100 messages (oldest first) and the
+        caller's ``unread_count``."""
         rt = runtime_of(request)
         async with rt.db.read() as session:
             conv = await visible_conversation(session, current_agent(request), conversation_id)
             inbox = await session.get(Inbox, conv.inbox_id)
             customer = await session.get(Customer, conv.customer_id)
             assert inbox is not None and customer is not None
+            agent = current_agent(request)
+            unread = await unread_counts(session, agent.id, [conv.id])
             return {
                 **conversation_view(conv, inbox.kind),
+                "unread_count": unread.get(conv.id, 0),
                 "customer": customer_view(customer, list(customer.identities)),
                 "messages": await _messages(session, conv.id, 100, None, inbox.kind),
             }
