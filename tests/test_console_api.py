@@ -52,6 +52,11 @@ async def test_unread_counts_follow_each_agents_read_marker(
     cid = first.conversation_id
     agent, supervisor = org.agent.token, org.supervisor.token
     assert (await unread(client, agent)) == {cid: 2, other.conversation_id: 1}
+    listed = (await client.get("/api/v1/conversations", headers=bearer(agent))).json()["items"]
+    assert {i["id"]: i["customer_label"] for i in listed} == {
+        cid: "+14155551001",
+        other.conversation_id: "+14155551002",
+    }
 
     done = await client.post(f"/api/v1/conversations/{cid}/read", headers=bearer(agent))
     assert done.status_code == 200, done.text

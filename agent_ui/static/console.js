@@ -264,7 +264,12 @@ async function loadConversations() {
   const items = pages.flatMap((page) => page.items);
   items.sort((a, b) => Date.parse(a.last_message_at) - Date.parse(b.last_message_at) || a.id - b.id);
   for (const conv of items) {
-    addConversation(conv.id, { channel: conv.channel, status: conv.status, unread: conv.unread_count });
+    addConversation(conv.id, {
+      name: conv.customer_label,
+      channel: conv.channel,
+      status: conv.status,
+      unread: conv.unread_count,
+    });
   }
 }
 
@@ -675,7 +680,7 @@ function showAttributes(attributes) {
   box.replaceChildren();
   for (const [key, value] of Object.entries(attributes)) {
     const label = el("label", "", key);
-    if (value !== null && typeof value === "object") {
+    if (value === null || typeof value === "object") {
       label.append(el("div", "fixed", JSON.stringify(value)));
     } else {
       const input = el("input");
