@@ -505,6 +505,43 @@ async def test_a_customers_tier_change_rechooses_the_policy_of_their_open_conver
         assert len(await clocks(rt, cid)) == 3
 
 
+async def test_a_merge_gives_the_moved_conversations_the_targets_tier(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    vip = await make_policy(
+        rt, "VIP", position=0, conditions={"tiers": ["vip"]}, targets_=targets(first_response=15)
+    )
+    await make_policy(rt, "Standard", position=1, targets_=targets(first_response=60))
+    moved = await arrive(rt, phone="+14155559005")  # a standard customer
+    kept = await arrive(rt, phone="+14155559006")
+    await sla_pass(rt)
+    async with rt.db.write() as session:
+        source = (await session.get(Conversation, moved)).customer_id  # type: ignore[union-attr]
+        target_conv = await session.get(Conversation, kept)
+        assert target_conv is not None
+        target = target_conv.customer_id
+        from contact_center.models import Customer
+
+        row = await session.get(Customer, target)
+        assert row is not None
+        row.tier = "vip"  # set directly: no event, so only the merge can move `moved`
+
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    auth = {"Authorization": f"Bearer {org.agent.token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.local", headers=auth) as c:
+        clock.advance(minutes=5)
+        merged = await c.post(
+            "/api/v1/customers/merge", json={"source_id": source, "target_id": target}
+        )
+        assert merged.status_code == 200, merged.text
+    await sla_pass(rt)
+    first = await one(rt, moved, "first_response")
+    assert (first.policy_id, first.target_seconds) == (vip, 15 * 60)
+    assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)
+
+
 async def test_policy_changes_through_the_api_recompute_open_clocks(
     rt: Runtime, clock: ManualClock, org: Org
 ) -> None:
