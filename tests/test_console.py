@@ -2,7 +2,10 @@
 session and its websockets, and, in real headless Chromium, an agent's shift: sign in, go
 available, take an offer for an SMS that came in through the Twilio webhook, reply, and the
 reply reaches the Twilio stand-in; a dropped websocket resumes with nothing lost or doubled;
-hostile customer text stays text; another team's conversation does not open."""
+hostile customer text stays text; another team's conversation does not open (by frame or by
+link). Also: pending and on hold with the status and channel filters, unread counts that survive
+a reload, a bad time zone, the agent's own language and zone, the escalation link, the
+customer's profile fields, and Turkish names of statuses, channels and SLA durations."""
 
 from __future__ import annotations
 
