@@ -2,9 +2,10 @@
 
 Server-rendered Jinja2 pages (autoescaped) with small static ES modules, no build step. The
 session is an ``AuthToken`` of kind ``session`` in the ``cc_session`` cookie (HttpOnly,
-SameSite=Lax, Secure on https); the console's websocket and API calls carry it. Every
-state-changing request authenticated by that cookie must also carry the ``cc_csrf`` cookie's
-value (a form field here, the ``X-CSRF-Token`` header on the API: see ``auth.py``).
+SameSite=Lax, Secure when CC_PUBLIC_URL is https); the console's websocket and API calls carry
+it. Every state-changing request authenticated by that cookie must also carry the
+``cc_csrf`` cookie's value (a form field here, the ``X-CSRF-Token`` header on the API: see
+``auth.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litestar.response import Redirect
 
 from agent_ui import i18n
 from contact_center.api.auth import throttle
+from contact_center.api.common import zones
 from contact_center.auth import (
     CSRF_COOKIE,
     MIN_PASSWORD,
@@ -61,6 +63,7 @@ class LoginForm(msgspec.Struct):
     password: str = ""
     csrf: str = ""
     next: str = ""
+    conversation: str = ""  # from a /agent#conversation-N link (login.js)
 
 
 # Where a sign-in may continue (a fixed list: never an address taken from the request).
@@ -69,6 +72,11 @@ LANDING_PAGES = ("/agent", "/supervisor")
 
 def _landing(value: str | None) -> str:
     return value if value in LANDING_PAGES else "/agent"
+
+
+def _conversation_link(value: str) -> str:
+    """A conversation id to open after sign-in (digits only), else nothing."""
+    return value if value.isascii() and value.isdigit() and len(value) <= 12 else ""
 
 
 class PasswordForm(msgspec.Struct):
@@ -91,7 +99,10 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 def _secure(request: Request[Any, Any, Any]) -> bool:
-    return request.url.scheme == "https"
+    """Cookies are ``Secure`` when the public address (``CC_PUBLIC_URL``) is https: behind a
+    TLS-terminating proxy the request itself arrives over plain http."""
+    public = _runtime(request).settings.public_url
+    return public.lower().startswith("https://") or request.url.scheme == "https"
 
 
 def _csrf_cookie(request: Request[Any, Any, Any]) -> tuple[str, list[Cookie]]:
@@ -160,6 +171,7 @@ async def login(
             csrf=csrf,
             email=email,
             next=_landing(data.next),
+            conversation=_conversation_link(data.conversation),
             error="Your sign-in form expired. Please try again.",
         )
     client = request.client.host if request.client else "?"
@@ -173,6 +185,7 @@ async def login(
             csrf=csrf,
             email=email,
             next=_landing(data.next),
+            conversation=_conversation_link(data.conversation),
             error="Too many failed sign-ins. Wait a few minutes and try again.",
         )
     async with rt.db.write() as session:
@@ -187,12 +200,17 @@ async def login(
                 csrf=csrf,
                 email=email,
                 next=_landing(data.next),
+                conversation=_conversation_link(data.conversation),
                 error="Wrong email or password.",
             )
         token = await issue_token(session, agent, rt=rt, kind="session")
     throttle.succeeded(keys[0])
+    landing = _landing(data.next)
+    conversation = _conversation_link(data.conversation)
+    if landing == "/agent" and conversation:
+        landing = f"/agent#conversation-{conversation}"
     return Redirect(
-        _landing(data.next),
+        landing,
         status_code=303,
         cookies=[_session_cookie(request, rt, token), *cookies],
     )
@@ -306,13 +324,15 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
     agent = found[0]
     csrf, cookies = _csrf_cookie(request)
     lang = i18n.pick(agent.locale, request.headers.get("accept-language"))
+    zone = agent.timezone if agent.timezone in zones() else "UTC"  # a bad zone never breaks it
     return _page(
         "console.html",
         cookies=cookies,
         lang=lang,
         csrf=csrf,
         agent=agent,
-        timezone=agent.timezone or "UTC",
+        timezone=zone,
+        languages=[(code, i18n.language_name(code)) for code in i18n.LANGUAGES],
         strings=i18n.js_strings(lang),
         wallboard=Role(agent.role).rank >= Role.supervisor.rank,
     )
@@ -320,6 +340,7 @@ async def console_page(request: Request[Any, Any, Any]) -> Any:
 
 ASSETS = {
     "console.js": "text/javascript",
+    "login.js": "text/javascript",
     "console.css": "text/css",
     "supervisor.js": "text/javascript",
     "supervisor.css": "text/css",

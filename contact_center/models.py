@@ -224,6 +224,21 @@ class CannedResponse(Base):
     updated_at: Mapped[datetime]
 
 
+class ConversationRead(Base):
+    """How far an agent has read a conversation: the customer's messages after
+    ``last_read_message_id`` are unread for that agent (the console's unread counts)."""
+
+    __tablename__ = "conversation_reads"
+    agent_id: Mapped[int] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_read_message_id: Mapped[int] = mapped_column(Integer, default=0)
+    read_at: Mapped[datetime]
+
+
 class AuthToken(Base):
     """An API or browser session. Only the SHA-256 of the secret is stored."""
 

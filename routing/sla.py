@@ -59,7 +59,10 @@ CONSUMED_TYPES: Final = (
     "conversation.updated",
     "message.created",
     "sla.policies_changed",
+    "customer.updated",
+    "customer.merged",
 )
+CUSTOMER_TYPES: Final = frozenset({"customer.updated", "customer.merged"})
 MAX_TARGET_MINUTES: Final = 366 * 24 * 60
 ESCALATION_ACTIONS: Final = ("raise_priority", "queue", "email", "slack")
 CONDITION_KEYS: Final = ("priorities", "channels", "inbox_ids", "tiers", "ticket_types")
@@ -601,6 +604,9 @@ class SlaService:
                         session, event.created_at, cases, policies, calendars
                     )
                     continue
+                if event.type in CUSTOMER_TYPES:
+                    await self._customer_changed(session, event, cases, policies, calendars)
+                    continue
                 cid = event.conversation_id
                 if cid is None:
                     continue
@@ -668,6 +674,7 @@ class SlaService:
                     case.resume(at)
                 if SlaMetric.resolution.value not in case.open:
                     case.start(session, SlaMetric.resolution, at)  # new or reopened
+                    await self._owe_response(session, case, at, first_only=True)
             return
         if event.type == "message.created":
             if data.get("private"):
@@ -676,10 +683,7 @@ class SlaService:
             if direction == Direction.inbound.value and author == AuthorType.customer.value:
                 if case.policy is None or any(m.value in case.open for m in RESPONSE_METRICS):
                     return
-                if case.responded is None:
-                    case.responded = await self._responded(session, case.conversation.id, at)
-                if case.responded:  # before the first answer, first_response is the clock
-                    case.start(session, SlaMetric.next_response, at)
+                await self._owe_response(session, case, at)
             elif direction == Direction.outbound.value and author == AuthorType.agent.value:
                 for metric in (
                     SlaMetric.first_response,
@@ -690,6 +694,22 @@ class SlaService:
                 case.responded = True
                 if SlaMetric.resolution.value in case.open:
                     case.start(session, SlaMetric.periodic_update, at)
+
+    async def _owe_response(
+        self, session: AsyncSession, case: Case, at: datetime, *, first_only: bool = False
+    ) -> None:
+        """Start the response clock the case owes, unless one is open: ``next_response`` once
+        an agent has answered publicly (only for a customer message: ``first_only`` on a
+        reopen), else ``first_response`` again (a conversation resolved unanswered and
+        reopened still owes its first reply, with the full target)."""
+        if case.policy is None or any(m.value in case.open for m in RESPONSE_METRICS):
+            return
+        if case.responded is None:
+            case.responded = await self._responded(session, case.conversation.id, at)
+        if not case.responded:
+            case.start(session, SlaMetric.first_response, at)
+        elif not first_only:
+            case.start(session, SlaMetric.next_response, at)
 
     async def _start_missing(self, session: AsyncSession, case: Case, at: datetime) -> None:
         """A conversation that a policy now covers gets the clocks it should have running."""
@@ -732,6 +752,46 @@ class SlaService:
                 continue
             policy = choose(policies, case.subject)
             case.retarget(policy, _calendar_of(policy, calendars), at)
+            await self._start_missing(session, case, at)
+
+    async def _customer_changed(
+        self,
+        session: AsyncSession,
+        event: DomainEvent,
+        cases: dict[int, Case | None],
+        policies: list[SlaPolicy],
+        calendars: dict[int, Calendar],
+    ) -> None:
+        """A customer's tier changed (or conversations joined them by a merge): the open
+        conversations of that customer get the policy their tier now chooses."""
+        customer_id = event.customer_id
+        if customer_id is None:
+            return
+        data = event.payload or {}
+        tier = (
+            data["tier"]
+            if isinstance(data.get("tier"), str)
+            else await session.scalar(select(Customer.tier).where(Customer.id == customer_id))
+        )
+        ids = (
+            await session.scalars(
+                select(Conversation.id).where(
+                    Conversation.customer_id == customer_id,
+                    Conversation.status != ConversationStatus.resolved.value,
+                )
+            )
+        ).all()
+        at = event.created_at
+        for cid in ids:
+            if cid not in cases:
+                cases[cid] = await self._load(session, cid, policies, calendars)
+            case = cases[cid]
+            if case is None:
+                continue
+            case.subject = replace(case.subject, tier=tier)
+            policy = choose(policies, case.subject)
+            if (policy.id if policy else None) != (case.policy.id if case.policy else None):
+                case.retarget(policy, _calendar_of(policy, calendars), at)
             await self._start_missing(session, case, at)
 
     async def _emit(self, session: AsyncSession, cases: list[Case]) -> None:

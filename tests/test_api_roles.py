@@ -88,6 +88,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ),
     ("POST", "/api/v1/auth/logout"): Rule("agent", lambda c: ("/api/v1/auth/logout", None, 200)),
     ("GET", "/api/v1/auth/me"): Rule("agent", lambda c: ("/api/v1/auth/me", None, 200)),
+    ("PATCH", "/api/v1/auth/me"): Rule(
+        "agent", lambda c: ("/api/v1/auth/me", {"timezone": "Europe/Istanbul"}, 200)
+    ),
     # customers
     ("GET", "/api/v1/customers"): Rule("agent", lambda c: ("/api/v1/customers", None, 200)),
     ("POST", "/api/v1/customers"): Rule(
@@ -128,6 +131,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("PATCH", "/api/v1/conversations/{conversation_id:int}"): Rule(
         "agent",
         lambda c: (f"/api/v1/conversations/{c.conversation_id}", {"priority": "high"}, 200),
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/read"): Rule(
+        "agent", lambda c: (f"/api/v1/conversations/{c.conversation_id}/read", None, 200)
     ),
     ("GET", "/api/v1/conversations/{conversation_id:int}/reply-channels"): Rule(
         "agent", lambda c: (f"/api/v1/conversations/{c.conversation_id}/reply-channels", None, 200)

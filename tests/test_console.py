@@ -2,7 +2,10 @@
 session and its websockets, and, in real headless Chromium, an agent's shift: sign in, go
 available, take an offer for an SMS that came in through the Twilio webhook, reply, and the
 reply reaches the Twilio stand-in; a dropped websocket resumes with nothing lost or doubled;
-hostile customer text stays text; another team's conversation does not open."""
+hostile customer text stays text; another team's conversation does not open (by frame or by
+link). Also: pending and on hold with the status and channel filters, unread counts that survive
+a reload, a bad time zone, the agent's own language and zone, the escalation link, the
+customer's profile fields, and Turkish names of statuses, channels and SLA durations."""
 
 from __future__ import annotations
 
@@ -15,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import expect
-from sqlalchemy import select
+from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from contact_center.api.auth import throttle
 from contact_center.clock import ManualClock
+from contact_center.identities import IdentityRef
+from contact_center.ingest import InboundMessage
 from contact_center.models import (
     Agent,
     Conversation,
@@ -309,13 +314,31 @@ async def test_an_agent_cannot_open_another_teams_conversation(
         f"fetch('/api/v1/conversations/{conversation_id}').then(r => r.status)"
     )
     assert status in (403, 404)
-    await page.evaluate(
-        f"window.ccConsole.socket.send(JSON.stringify({{type: 'message.send', data: "
-        f"{{conversation_id: {conversation_id}, client_id: 'x1', text: 'hi'}}}}))"
+    # A forged frame is answered with an error (awaited: the server has decided) and stores
+    # nothing.
+    error: Any = await page.evaluate(
+        """([id]) => new Promise((resolve) => {
+            const ws = window.ccConsole.socket;
+            ws.addEventListener("message", (e) => {
+              const frame = JSON.parse(e.data);
+              if (frame.type === "error" && frame.data.for === "message.send") resolve(frame.data);
+            });
+            ws.send(JSON.stringify({type: "message.send",
+              data: {conversation_id: id, client_id: "x1", text: "hi"}}));
+          })""",
+        [conversation_id],
     )
+    assert error["code"] == "forbidden"
     async with rt.db.read() as session:
         stored = (await session.scalars(select(Message.text))).all()
     assert "hi" not in stored
+
+    # Opened by its link (/agent#conversation-N), the page refuses: no timeline, no reply box.
+    await page.goto(f"{live.url}/agent#conversation-{conversation_id}")
+    await expect(page.locator("#conv-title")).to_have_text("This conversation cannot be opened.")
+    await expect(page.locator("#conversation")).to_have_attribute("data-refused", "true")
+    await expect(page.get_by_label("Reply", exact=True)).to_be_hidden()
+    await expect(page.locator("#timeline .msg")).to_have_count(0)
     assert "secret technical matter" not in await page.content()
 
 
@@ -323,9 +346,30 @@ async def test_an_agent_cannot_open_another_teams_conversation(
 async def test_a_turkish_agent_sees_turkish_and_times_in_their_time_zone(
     rt: Runtime, live: LiveApp, clock: ManualClock, new_page: NewPage
 ) -> None:
+    from routing.models import SlaPolicy
+    from tests.test_sla import sla_pass
+
     person = await make_person(rt, "elif@test.local", Role.agent, None)
+    # An earlier conversation, late on the 22nd in UTC: the 23rd in Istanbul.
+    clock.set(datetime(2026, 11, 22, 22, 30, tzinfo=UTC))
+    earlier = await ingest(rt, sms("Eski sorun", sid="SM-tr-0"))
+    async with rt.db.write() as session:
+        old = await session.get(Conversation, earlier.conversation_id)
+        assert old is not None
+        old.status, old.active_key = "resolved", None
+        session.add(
+            SlaPolicy(
+                name="Chat",
+                targets={"normal": {"first_response": {"minutes": 90, "business": False}}},
+                conditions={},
+                escalations=[],
+                created_at=clock.now(),
+                updated_at=clock.now(),
+            )
+        )
     clock.set(datetime(2026, 11, 23, 9, 5, tzinfo=UTC))  # 12:05 in Istanbul (UTC+3)
     result = await ingest(rt, sms("Merhaba", sid="SM-tr-1"))
+    await sla_pass(rt)
     async with rt.db.write() as session:
         agent = await session.get(Agent, person.id)
         conversation = await session.get(Conversation, result.conversation_id)
@@ -345,6 +389,21 @@ async def test_a_turkish_agent_sees_turkish_and_times_in_their_time_zone(
     await page.locator(".conversation-item").click()
     await expect(page.locator("#timeline .msg time")).to_have_text("12:05")
     await expect(page.get_by_role("button", name="Gönder")).to_be_visible()
+    # Statuses, channels, SLA durations and dates in Turkish and in the agent's zone.
+    await expect(page.locator("#conv-status")).to_have_text("Açık")
+    await expect(page.locator("#conv-sla .due")).to_have_text(
+        "İlk yanıt için kalan süre 1 sa 30 dk"
+    )
+    await expect(page.locator("#history li")).to_have_text(
+        [
+            f"SMS #{result.conversation_id} · Açık · 23 Kas 2026",
+            f"SMS #{earlier.conversation_id} · Çözüldü · 23 Kas 2026",
+        ]
+    )
+    await page.get_by_label("Yanıt", exact=True).fill("Hemen bakıyorum.")
+    await page.get_by_role("button", name="Gönder").click()
+    sent = page.locator("#timeline .msg.out .status")
+    await expect(sent).to_have_text(re.compile("^(sırada|gönderiliyor|gönderildi|teslim edildi)$"))
 
 
 @pytest.mark.browser
@@ -442,9 +501,14 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
                 created_at=rt.clock.now(),
             )
         )
+        from contact_center.models import Customer
+
         current = await session.get(Conversation, now.conversation_id)
         assert current is not None
         current.assignee_id = person.id
+        profile = await session.get(Customer, now.customer_id)
+        assert profile is not None
+        profile.attributes = {"plan": "Pro", "seats": 5, "since": "2020", "tags": ["a", "b"]}
 
     page = await new_page(viewport={"width": 1366, "height": 768})
     await page.goto(live.url + "/agent/login")
@@ -466,15 +530,29 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     await panel.locator(f'#history li[data-conversation-id="{earlier.conversation_id}"]').click()
     await expect(page.locator("#timeline .msg .text")).to_have_text(["First problem"])
 
+    # Profile fields: text and numbers edit in place, an emptied one goes, a new one is added;
+    # a list from an integration is shown and kept.
+    await expect(panel.get_by_label("plan", exact=True)).to_have_value("Pro")
+    await expect(panel.locator("#attributes .fixed")).to_have_text('["a","b"]')
+    await panel.get_by_label("plan", exact=True).fill("Enterprise")
+    await panel.get_by_label("seats", exact=True).fill("7")
+    await panel.get_by_label("since", exact=True).fill("")
+    await panel.get_by_label("New field: key").fill("company")
+    await panel.get_by_label("New field: value").fill("<b>Acme</b>")
     await panel.get_by_label("Name").fill("Deniz <b>Kaya</b>")
     await panel.get_by_role("button", name="Save").click()
     await expect(panel.locator("#profile-saved")).to_be_visible()
     await expect(page.locator("#conv-title")).to_have_text("Deniz <b>Kaya</b>")
+    await expect(panel.get_by_label("company", exact=True)).to_have_value("<b>Acme</b>")
     async with rt.db.read() as session:
-        from contact_center.models import Customer
-
-        customer = await session.get(Customer, now.customer_id)
+        customer = await session.get(Customer, now.customer_id, populate_existing=True)
     assert customer is not None and customer.name == "Deniz <b>Kaya</b>"
+    assert customer.attributes == {
+        "plan": "Enterprise",
+        "seats": 7,
+        "tags": ["a", "b"],
+        "company": "<b>Acme</b>",
+    }
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-customer.png"))
     # On a tablet held upright the columns stack: nothing is cut off sideways.
@@ -710,7 +788,7 @@ async def test_an_agent_answers_an_sms_by_email_when_the_customer_has_an_address
         await page.get_by_label("Reply", exact=True).fill("The invoice is attached to this mail.")
         await page.get_by_role("button", name="Send").click()
         sent = page.locator("#timeline .msg").filter(has_text="The invoice is attached")
-        await expect(sent.locator(".channel")).to_have_text("email")
+        await expect(sent.locator(".channel")).to_have_text("Email")  # its channel, by name
         for _ in range(25):
             await run_jobs(rt)
             if received:
@@ -729,3 +807,225 @@ async def test_an_agent_answers_an_sms_by_email_when_the_customer_has_an_address
         assert message.to_address == "can@example.org"
     finally:
         server.close()
+
+
+async def browser_sign_in(page: Any, live: LiveApp, email: str, path: str = "/agent") -> None:
+    await page.goto(live.url + path)
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+
+
+async def assigned(rt: Runtime, agent_id: int, text: str, sid: str, **kw: Any) -> int:
+    result = await ingest(rt, sms(text, sid=sid, **kw))
+    async with rt.db.write() as session:
+        conversation = await session.get(Conversation, result.conversation_id)
+        assert conversation is not None
+        conversation.assignee_id = agent_id
+    return result.conversation_id
+
+
+@pytest.mark.browser
+async def test_an_agent_puts_a_case_on_hold_and_finds_it_under_its_status_filter(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    from routing.models import SlaPolicy
+    from tests.test_sla import sla_pass
+
+    person = await make_person(rt, "hold@test.local", Role.agent, None)
+    now = rt.clock.now()
+    async with rt.db.write() as session:
+        session.add(
+            SlaPolicy(
+                name="Chat",
+                targets={"normal": {"first_response": {"minutes": 30, "business": False}}},
+                conditions={},
+                escalations=[],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    waiting = await assigned(rt, person.id, "Which size do I need?", "SM-hold-1")
+    await make_inbox(rt, "webchat", "webchat", "site", credentials={})
+    chat = await ingest(
+        rt,
+        InboundMessage(
+            inbox_id="webchat",
+            provider_message_id="wc-hold-1",
+            sender=IdentityRef.of("webchat", "visitor-hold"),
+            text="hi from the site",
+        ),
+    )
+    async with rt.db.write() as session:
+        row = await session.get(Conversation, chat.conversation_id)
+        assert row is not None
+        row.assignee_id = person.id
+    await sla_pass(rt)
+
+    page = await new_page(viewport={"width": 1366, "height": 768})
+    await browser_sign_in(page, live, "hold@test.local")
+    mine = page.locator("#conversations .conversation-item:visible")
+    await expect(mine).to_have_count(2)
+    # The channel filter of My conversations.
+    await page.get_by_label("Show conversations on").select_option("webchat")
+    await expect(mine).to_have_count(1)
+    await expect(mine.locator(".channel")).to_have_text("Web chat")
+    await page.get_by_label("Show conversations on").select_option("")
+    await expect(mine).to_have_count(2)
+
+    await page.locator(f'#conversations [data-conversation-id="{waiting}"]').click()
+    await expect(page.locator("#conv-sla .due")).to_have_text(re.compile("First response due in"))
+    await page.get_by_role("button", name="Pending", exact=True).click()
+    await expect(page.locator("#conv-status")).to_have_text("Pending")
+    await expect(page.get_by_role("button", name="Reopen")).to_be_visible()
+    item = page.locator(f'#conversations [data-conversation-id="{waiting}"]')
+    await expect(item.locator(".status-tag")).to_have_text("Pending")  # still listed
+    async with rt.db.read() as session:
+        row = await session.get(Conversation, waiting, populate_existing=True)
+        assert row is not None and row.status == "pending"
+    await sla_pass(rt)  # what the scheduler does within a second
+    await item.click()
+    await expect(page.locator("#conv-sla .due")).to_have_text("First response paused")
+
+    status = page.get_by_label("Show conversations that are")
+    await status.select_option("open")
+    await expect(mine).to_have_count(1)
+    await expect(item).to_have_count(0)
+    await status.select_option("pending")
+    await expect(mine).to_have_count(1)
+    await expect(item).to_be_visible()
+    await page.reload()  # the filter reads the server, not the page's memory
+    await expect(page.locator("#link")).to_have_attribute("data-state", "open")
+    await expect(mine).to_have_count(2)  # "Not resolved" again after a reload
+    await expect(item.locator(".status-tag")).to_have_text("Pending")
+
+    await item.click()
+    await page.get_by_role("button", name="Reopen").click()
+    await expect(page.locator("#conv-status")).to_have_text("Open")
+    await expect(item.locator(".status-tag")).to_have_text("")
+    await sla_pass(rt)
+    await item.click()
+    await expect(page.locator("#conv-sla .due")).to_have_text(re.compile("First response due in"))
+
+    # On hold (snoozed) likewise; resolved ones are under "Resolved".
+    await page.get_by_role("button", name="On hold", exact=True).click()
+    await expect(item.locator(".status-tag")).to_have_text("On hold")
+    await page.get_by_role("button", name="Resolve", exact=True).click()
+    await expect(item).to_have_count(0)
+    await page.get_by_label("Show conversations that are").select_option("resolved")
+    await expect(mine).to_have_count(1)
+    await expect(item.locator(".status-tag")).to_have_text("Resolved")
+
+
+@pytest.mark.browser
+async def test_unread_counts_come_from_the_server_and_survive_a_reload(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "unread@test.local", Role.agent, None)
+    first = await assigned(rt, person.id, "one", "SM-unread-1", phone="+14155552001")
+    second = await assigned(rt, person.id, "two", "SM-unread-2", phone="+14155552002")
+    page = await new_page()
+    await browser_sign_in(page, live, "unread@test.local")
+    count = page.locator(f'#conversations [data-conversation-id="{first}"] .unread')
+    other = page.locator(f'#conversations [data-conversation-id="{second}"] .unread')
+    await expect(count).to_have_attribute("data-count", "1")
+    await expect(other).to_have_attribute("data-count", "1")
+
+    # Live: two more from the first customer while the agent reads the second conversation.
+    await page.locator(f'#conversations [data-conversation-id="{second}"]').click()
+    await expect(other).to_have_attribute("data-count", "0")
+    await ingest(rt, sms("two", sid="SM-unread-3", phone="+14155552001"))
+    await ingest(rt, sms("three", sid="SM-unread-4", phone="+14155552001"))
+    await expect(count).to_have_attribute("data-count", "3")
+
+    await page.reload()
+    await expect(count).to_have_attribute("data-count", "3")
+    await expect(other).to_have_attribute("data-count", "0")  # read before the reload
+    await page.locator(f'#conversations [data-conversation-id="{first}"]').click()
+    await expect(page.locator("#timeline .msg.in")).to_have_count(3)
+    await expect(count).to_have_attribute("data-count", "0")
+    # Reading while it is open keeps it read.
+    await ingest(rt, sms("four", sid="SM-unread-5", phone="+14155552001"))
+    await expect(page.locator("#timeline .msg.in")).to_have_count(4)
+    for _ in range(20):
+        async with rt.db.read() as session:
+            from contact_center.models import ConversationRead
+
+            marker = await session.get(ConversationRead, (person.id, first), populate_existing=True)
+            latest = await session.scalar(
+                select(func.max(Message.id)).where(Message.conversation_id == first)
+            )
+        if marker is not None and marker.last_read_message_id == latest:
+            break
+        await asyncio.sleep(0.1)
+    await page.reload()
+    await expect(count).to_have_attribute("data-count", "0")
+
+
+@pytest.mark.browser
+async def test_a_bad_time_zone_leaves_the_console_working_and_an_agent_sets_their_own(
+    rt: Runtime, live: LiveApp, clock: ManualClock, new_page: NewPage
+) -> None:
+    person = await make_person(rt, "zone@test.local", Role.agent, None)
+    clock.set(datetime(2026, 11, 23, 9, 5, tzinfo=UTC))
+    await assigned(rt, person.id, "Merhaba", "SM-zone-1")
+    async with rt.db.write() as session:
+        agent = await session.get(Agent, person.id)
+        assert agent is not None
+        agent.timezone = "Mars/Olympus_Mons"  # stored before zones were checked
+    errors: list[str] = []
+    page = await new_page(locale="en-US")
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await browser_sign_in(page, live, "zone@test.local")
+    await page.locator(".conversation-item").click()
+    await expect(page.locator("#timeline .msg time")).to_have_text(re.compile("^09:05"))  # UTC
+    assert errors == []
+
+    await page.locator("#prefs summary").click()
+    await page.get_by_label("Time zone").fill("Europe/Nowhere")
+    await page.locator("#prefs-form").get_by_role("button", name="Save").click()
+    await expect(page.locator("#prefs-error")).to_have_text(re.compile("Unknown time zone"))
+    await page.get_by_label("Interface language").select_option("tr")
+    await page.get_by_label("Time zone").fill("Europe/Istanbul")
+    await page.locator("#prefs-form").get_by_role("button", name="Save").click()
+    await expect(page.locator("html")).to_have_attribute("lang", "tr")  # reloaded in Turkish
+    await expect(page.locator("#link")).to_have_text("canlı")
+    await page.locator(".conversation-item").click()
+    await expect(page.locator("#timeline .msg time")).to_have_text("12:05")  # Istanbul
+    async with rt.db.read() as session:
+        agent = await session.get(Agent, person.id, populate_existing=True)
+    assert agent is not None and (agent.locale, agent.timezone) == ("tr", "Europe/Istanbul")
+
+
+@pytest.mark.browser
+async def test_the_escalation_link_opens_the_conversation(
+    rt: Runtime, live: LiveApp, new_page: NewPage
+) -> None:
+    from routing.escalation import describe
+
+    person = await make_person(rt, "link@test.local", Role.agent, None)
+    first = await assigned(rt, person.id, "first", "SM-link-1", phone="+14155553001")
+    target = await assigned(
+        rt, person.id, "the one in the email", "SM-link-2", phone="+14155553002"
+    )
+    async with rt.db.read() as session:
+        conversation = await session.get(Conversation, target)
+    assert conversation is not None
+    _, text = describe("breach", "first_response", conversation, live.url)
+    link = text.splitlines()[-1]
+    assert link == f"{live.url}/agent#conversation-{target}"
+    page = await new_page()
+    # Signed out: the link leads through the sign-in page, which keeps where it pointed
+    # (a wrong password first does not lose it).
+    await page.goto(link)
+    await page.get_by_label("Email").fill("link@test.local")
+    await page.get_by_label("Password").fill("wrong-password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(link)
+    await expect(page.locator("#timeline .msg .text")).to_have_text(["the one in the email"])
+    await page.evaluate(f"location.hash = 'conversation-{first}'")  # another link, same page
+    await expect(page.locator("#timeline .msg .text")).to_have_text(["first"])

@@ -356,12 +356,57 @@ async def test_next_response_periodic_update_resolution_and_reopen(
     # Reopened, and the customer writes: a new resolution cycle and a next response owed.
     clock.advance(hours=1)
     await set_status(rt, cid, ConversationStatus.open)
+    await sla_pass(rt)
+    # Answered before: reopening owes no response until the customer writes.
+    assert [c.status for c in await clocks(rt, cid, "next_response")] == [
+        "fulfilled",
+        "cancelled",
+    ]
+    assert [c.status for c in await clocks(rt, cid, "first_response")] == ["fulfilled"]
+    clock.advance(minutes=7)
     assert await arrive(rt, "it broke again", phone=phone) == cid
     await sla_pass(rt)
     resolutions = await clocks(rt, cid, "resolution")
     assert [r.status for r in resolutions] == ["fulfilled", "running"]
-    assert at(resolutions[1].due_at) == clock.now() + timedelta(minutes=480)
-    assert [c.status for c in await clocks(rt, cid, "next_response")][-1] == "running"
+    assert at(resolutions[1].due_at) == clock.now() - timedelta(minutes=7) + timedelta(minutes=480)
+    nxt = (await clocks(rt, cid, "next_response"))[-1]
+    assert nxt.status == "running" and at(nxt.due_at) == clock.now() + timedelta(minutes=20)
+
+
+async def test_a_case_resolved_unanswered_owes_its_first_response_again_when_reopened(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    await make_policy(rt, targets_=targets(first_response=30, next_response=20, resolution=480))
+    phone = "+14155559003"
+    cid = await arrive(rt, phone=phone)
+    await sla_pass(rt)
+    clock.advance(minutes=10)
+    await set_status(rt, cid, ConversationStatus.resolved)  # closed without a public answer
+    await sla_pass(rt)
+    assert [c.status for c in await clocks(rt, cid, "first_response")] == ["cancelled"]
+
+    # Reopened by an agent: the first reply is owed again, with the full target.
+    clock.advance(hours=1)
+    await set_status(rt, cid, ConversationStatus.open)
+    await sla_pass(rt)
+    firsts = await clocks(rt, cid, "first_response")
+    assert [c.status for c in firsts] == ["cancelled", "running"]
+    assert at(firsts[1].due_at) == clock.now() + timedelta(minutes=30)
+
+    # The customer writes meanwhile: still the first response (no next_response before it).
+    clock.advance(minutes=5)
+    await arrive(rt, "anyone?", phone=phone)
+    await sla_pass(rt)
+    assert await clocks(rt, cid, "next_response") == []
+    assert len(await clocks(rt, cid, "first_response")) == 2
+
+    clock.advance(minutes=3)
+    await agent_reply(rt, cid, org.agent.id)
+    await sla_pass(rt)
+    firsts = await clocks(rt, cid, "first_response")
+    assert firsts[1].status == "fulfilled" and firsts[1].breached_at is None
+    assert await clocks(rt, cid, "next_response") == []
 
 
 async def test_a_priority_change_retargets_the_open_clocks(
@@ -379,6 +424,122 @@ async def test_a_priority_change_retargets_the_open_clocks(
     first = await one(rt, cid, "first_response")
     assert first.target_seconds == 15 * 60
     assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)  # 10 used, 5 left
+
+
+@pytest.mark.parametrize(
+    ("conditions", "specific"),
+    [
+        ({"channels": ["sms"]}, True),
+        ({"channels": ["email", "whatsapp"]}, False),
+        ({"inbox_ids": ["sms"]}, True),
+        ({"inbox_ids": ["another-inbox"]}, False),
+        ({"tiers": ["standard"]}, True),
+        ({"tiers": ["vip"]}, False),
+        ({"channels": ["sms"], "tiers": ["vip"]}, False),  # every condition given must hold
+    ],
+)
+async def test_channel_inbox_and_tier_conditions_choose_the_policy(
+    rt: Runtime, clock: ManualClock, org: Org, conditions: dict[str, list[str]], specific: bool
+) -> None:
+    clock.set(MONDAY_10_IST)
+    await make_policy(
+        rt, "Specific", position=0, conditions=conditions, targets_=targets(first_response=15)
+    )
+    fallback = await make_policy(rt, "Fallback", position=1, targets_=targets(first_response=60))
+    cid = await arrive(rt)  # SMS inbox "sms", a new customer of tier "standard"
+    await sla_pass(rt)
+    first = await one(rt, cid, "first_response")
+    assert first.target_seconds == (15 if specific else 60) * 60
+    assert (first.policy_id == fallback) is not specific
+
+
+async def test_a_customers_tier_change_rechooses_the_policy_of_their_open_conversations(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    vip = await make_policy(
+        rt, "VIP", position=0, conditions={"tiers": ["vip"]}, targets_=targets(first_response=15)
+    )
+    standard = await make_policy(
+        rt, "Standard", position=1, targets_=targets(first_response=60, resolution=600)
+    )
+    phone = "+14155559004"
+    done = await arrive(rt, phone=phone)
+    await set_status(rt, done, ConversationStatus.resolved)
+    cid = await arrive(rt, "again", phone=phone)
+    assert cid != done
+    await sla_pass(rt)
+    assert (await one(rt, cid, "first_response")).policy_id == standard
+    async with rt.db.read() as session:
+        customer_id = (await session.get(Conversation, cid)).customer_id  # type: ignore[union-attr]
+
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    auth = {"Authorization": f"Bearer {org.supervisor.token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.local", headers=auth) as c:
+        clock.advance(minutes=10)
+        changed = await c.patch(f"/api/v1/customers/{customer_id}", json={"tier": "vip"})
+        assert changed.status_code == 200, changed.text
+        await sla_pass(rt)
+        first = await one(rt, cid, "first_response")
+        assert (first.policy_id, first.target_seconds) == (vip, 15 * 60)
+        assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)  # 10 used, 5 left
+        # The VIP policy has no resolution target: that clock stops.
+        assert (await one(rt, cid, "resolution")).status == "cancelled"
+        # The resolved conversation keeps what it had.
+        assert {c.policy_id for c in await clocks(rt, done)} == {standard}
+
+        clock.advance(minutes=2)
+        back = await c.patch(f"/api/v1/customers/{customer_id}", json={"tier": "standard"})
+        assert back.status_code == 200
+        await sla_pass(rt)
+        first = await one(rt, cid, "first_response")
+        assert (first.policy_id, first.target_seconds) == (standard, 60 * 60)
+        assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=60)
+        resolutions = await clocks(rt, cid, "resolution")
+        assert [r.status for r in resolutions] == ["cancelled", "running"]
+
+        # Renaming (no tier change) moves nothing.
+        await c.patch(f"/api/v1/customers/{customer_id}", json={"name": "Renamed"})
+        await sla_pass(rt)
+        assert len(await clocks(rt, cid)) == 3
+
+
+async def test_a_merge_gives_the_moved_conversations_the_targets_tier(
+    rt: Runtime, clock: ManualClock, org: Org
+) -> None:
+    clock.set(MONDAY_10_IST)
+    vip = await make_policy(
+        rt, "VIP", position=0, conditions={"tiers": ["vip"]}, targets_=targets(first_response=15)
+    )
+    await make_policy(rt, "Standard", position=1, targets_=targets(first_response=60))
+    moved = await arrive(rt, phone="+14155559005")  # a standard customer
+    kept = await arrive(rt, phone="+14155559006")
+    await sla_pass(rt)
+    async with rt.db.write() as session:
+        source = (await session.get(Conversation, moved)).customer_id  # type: ignore[union-attr]
+        target_conv = await session.get(Conversation, kept)
+        assert target_conv is not None
+        target = target_conv.customer_id
+        from contact_center.models import Customer
+
+        row = await session.get(Customer, target)
+        assert row is not None
+        row.tier = "vip"  # set directly: no event, so only the merge can move `moved`
+
+    app = create_app(runtime=rt, run_scheduler=False)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    auth = {"Authorization": f"Bearer {org.agent.token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.local", headers=auth) as c:
+        clock.advance(minutes=5)
+        merged = await c.post(
+            "/api/v1/customers/merge", json={"source_id": source, "target_id": target}
+        )
+        assert merged.status_code == 200, merged.text
+    await sla_pass(rt)
+    first = await one(rt, moved, "first_response")
+    assert (first.policy_id, first.target_seconds) == (vip, 15 * 60)
+    assert at(first.due_at) == MONDAY_10_IST + timedelta(minutes=15)
 
 
 async def test_policy_changes_through_the_api_recompute_open_clocks(

@@ -10,11 +10,38 @@ const $ = (id) => document.getElementById(id);
 const strings = JSON.parse(document.getElementById("i18n").textContent);
 const t = (key, values = {}) =>
   (strings[key] || key).replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
-const timeFormat = new Intl.DateTimeFormat(body.dataset.locale || "en", {
-  hour: "2-digit",
-  minute: "2-digit",
-  timeZone: body.dataset.timezone || "UTC",
-});
+// A zone or language the browser does not know falls back (UTC, English): the console must
+// load whatever is stored in the agent's profile.
+function formatter(options) {
+  for (const [locale, timeZone] of [
+    [body.dataset.locale || "en", body.dataset.timezone || "UTC"],
+    ["en", body.dataset.timezone || "UTC"],
+    ["en", "UTC"],
+  ]) {
+    try {
+      return new Intl.DateTimeFormat(locale, { ...options, timeZone });
+    } catch {
+      // try the next
+    }
+  }
+  return new Intl.DateTimeFormat("en", { ...options, timeZone: "UTC" });
+}
+const timeFormat = formatter({ hour: "2-digit", minute: "2-digit" });
+const dateFormat = formatter({ year: "numeric", month: "short", day: "numeric" });
+// Channel names: the translatable ones come from the catalogue, brands stay as they are.
+const BRANDS = {
+  sms: "SMS",
+  whatsapp: "WhatsApp",
+  telegram: "Telegram",
+  slack: "Slack",
+  messenger: "Messenger",
+  instagram: "Instagram",
+};
+const channelName = (kind) => (kind ? strings[`channel_${kind}`] || BRANDS[kind] || kind : "");
+const statusName = (status) => strings[`status_${status}`] || status || "";
+const deliveryName = (status) => strings[`delivery_${status}`] || status || "";
+// "My conversations" shows the statuses chosen in its filter ("active": all but resolved).
+const ACTIVE = ["open", "pending", "snoozed"];
 
 const state = {
   socket: null,
@@ -24,6 +51,8 @@ const state = {
   offers: new Map(), // offer_id -> {data, element}
   conversations: new Map(), // conversation_id -> {element, unread, name, channel}
   open: null, // the conversation shown
+  filter: { status: "active", channel: "" }, // of "My conversations"
+  listGeneration: 0,
   shown: new Set(), // message ids in the timeline
   pending: new Map(), // client_id -> frame not yet acknowledged (resent after a reconnect)
 };
@@ -107,6 +136,7 @@ function handle(frame) {
         loadConversations();
         loadWaiting();
         loadCanned();
+        openFromHash();
       }
       $("presence").value = data.presence ? data.presence.state : "offline";
       for (const offer of data.pending_offers || []) showOffer(offer);
@@ -136,12 +166,12 @@ function handle(frame) {
       break;
     case "conversation.assigned":
       dropWaiting(data.id);
-      if (data.assignee_id === me) addConversation(data.id, null, data.channel);
+      if (data.assignee_id === me) addConversation(data.id, { channel: data.channel, status: data.status });
       else removeConversation(data.id);
       if (data.assignee_id === null && data.status === "open") addWaiting(data);
       break;
     case "conversation.updated":
-      if (data.status && data.status !== "open") dropFromList(data.id);
+      if (data.status) conversationStatus(data.id, data.status, data.assignee_id);
       if (data.status && data.id === state.open) showStatus(data.status);
       break;
     case "message.created":
@@ -173,7 +203,7 @@ function showOffer(data) {
   const item = el("li", "offer");
   item.dataset.offerId = data.offer_id;
   const who = el("div", "who");
-  who.append(el("span", "channel", data.channel), " ", el("span", "name", data.customer?.name || t("customer")));
+  who.append(el("span", "channel", channelName(data.channel)), " ", el("span", "name", data.customer?.name || t("customer")));
   const preview = el("div", "preview", data.preview || data.subject || "");
   const waiting = el("div", "meta");
   const actions = el("div", "actions");
@@ -183,7 +213,12 @@ function showOffer(data) {
   accept.addEventListener("click", () => {
     state.offers.get(data.offer_id).customer = data.customer;
     send({ type: "offer.accept", data: { offer_id: data.offer_id } });
-    addConversation(data.conversation_id, data.customer?.name, data.channel, true);
+    addConversation(data.conversation_id, {
+      name: data.customer?.name,
+      channel: data.channel,
+      status: "open",
+      open: true,
+    });
   });
   decline.addEventListener("click", () => send({ type: "offer.decline", data: { offer_id: data.offer_id } }));
   actions.append(accept, decline, countdown);
@@ -215,38 +250,92 @@ function dropOffer(offerId) {
 
 // --- conversations ----------------------------------------------------------------------
 
+const statusShown = (status) =>
+  state.filter.status === "active" ? ACTIVE.includes(status) : status === state.filter.status;
+
 async function loadConversations() {
-  const page = await api("/api/v1/conversations?assignee=me&status=open&limit=100");
-  for (const conv of page.items.reverse()) addConversation(conv.id, null, conv.channel);
+  const generation = ++state.listGeneration;
+  const wanted = state.filter.status === "active" ? ACTIVE : [state.filter.status];
+  const pages = await Promise.all(
+    wanted.map((status) => api(`/api/v1/conversations?assignee=me&status=${status}&limit=100`)),
+  );
+  if (generation !== state.listGeneration) return; // the filter changed meanwhile
+  for (const id of [...state.conversations.keys()]) dropFromList(id);
+  const items = pages.flatMap((page) => page.items);
+  items.sort((a, b) => Date.parse(a.last_message_at) - Date.parse(b.last_message_at) || a.id - b.id);
+  for (const conv of items) {
+    addConversation(conv.id, {
+      name: conv.customer_label,
+      channel: conv.channel,
+      status: conv.status,
+      unread: conv.unread_count,
+    });
+  }
 }
 
-function addConversation(id, name, channel, openIt = false) {
+function addConversation(id, { name = null, channel = "", status = "open", unread = 0, open = false } = {}) {
   let entry = state.conversations.get(id);
+  if (!statusShown(status)) {
+    if (entry) dropFromList(id);
+    if (open) openConversation(id);
+    return;
+  }
   if (!entry) {
     const item = el("li", "conversation-item");
     item.dataset.conversationId = id;
     item.tabIndex = 0;
     const label = el("span", "name", name || t("conversation", { id }));
-    const badge = el("span", "channel", channel || "");
-    const unread = el("span", "unread", "0");
-    unread.dataset.count = "0";
-    item.append(badge, label, unread);
+    const badge = el("span", "channel", channelName(channel));
+    const tag = el("span", "status-tag");
+    const count = el("span", "unread", "0");
+    count.dataset.count = "0";
+    item.append(badge, label, tag, count);
     item.addEventListener("click", () => openConversation(id));
     item.addEventListener("keydown", (e) => e.key === "Enter" && openConversation(id));
     $("conversations").prepend(item);
-    entry = { element: item, label, badge, unread, count: 0 };
+    entry = { element: item, label, badge, tag, unread: count, count: 0, channel: channel || "" };
     state.conversations.set(id, entry);
-    if (!name) {
+    setUnread(id, id === state.open ? 0 : unread);
+    if (!name || !channel) {
       api(`/api/v1/conversations/${id}`)
         .then((conv) => {
           entry.label.textContent = customerLabel(conv, id);
-          entry.badge.textContent = conv.channel || "";
+          entry.channel = conv.channel || "";
+          entry.badge.textContent = channelName(conv.channel);
+          if (state.open !== id) setUnread(id, conv.unread_count ?? entry.count);
+          filterMine();
         })
         .catch(() => {});
     }
   }
-  if (openIt) openConversation(id);
+  entry.status = status;
+  entry.element.dataset.status = status;
+  entry.tag.textContent = status === "open" ? "" : statusName(status);
+  filterMine();
+  if (open) openConversation(id);
 }
+
+// A status change seen live: the entry follows the filter (a pending case stays listed under
+// "Pending" and "All but resolved", a resolved one under "Resolved").
+function conversationStatus(id, status, assigneeId) {
+  if (state.conversations.has(id) || assigneeId === me) addConversation(id, { status });
+}
+
+function filterMine() {
+  const channel = state.filter.channel;
+  for (const entry of state.conversations.values()) {
+    entry.element.hidden = Boolean(channel) && entry.channel !== channel;
+  }
+}
+
+$("mine-status").addEventListener("change", (e) => {
+  state.filter.status = e.target.value;
+  loadConversations();
+});
+$("mine-channel").addEventListener("change", (e) => {
+  state.filter.channel = e.target.value;
+  filterMine();
+});
 
 function customerLabel(conv, id) {
   const customer = conv.customer || {};
@@ -262,9 +351,13 @@ function dropFromList(id) {
 
 function showStatus(status) {
   state.openStatus = status;
+  $("pending").hidden = status !== "open";
+  $("snooze").hidden = status !== "open";
   $("resolve").hidden = status === "resolved";
-  $("reopen").hidden = status !== "resolved";
+  $("reopen").hidden = status === "open";
   $("transfer-open").hidden = status === "resolved";
+  $("conv-status").textContent = statusName(status);
+  $("conv-status").dataset.status = status;
 }
 
 function removeConversation(id) {
@@ -291,28 +384,50 @@ function setUnread(id, count) {
 async function openConversation(id) {
   state.open = id;
   for (const [cid, entry] of state.conversations) entry.element.setAttribute("aria-current", String(cid === id));
-  setUnread(id, 0);
   $("pick").hidden = true;
   $("conversation").hidden = false;
+  $("conversation").dataset.refused = "false";
   $("timeline").replaceChildren();
+  $("conv-meta").textContent = "";
+  $("conv-sla").replaceChildren();
   state.shown.clear();
   let conv;
   try {
     conv = await api(`/api/v1/conversations/${id}`);
   } catch (error) {
+    if (state.open !== id) return;
+    // Not this agent's to see (another team's) or gone: say so, and offer nothing to do.
+    $("conversation").dataset.refused = "true";
     $("conv-title").textContent = t("cannot_open");
+    $("customer").hidden = true;
     return;
   }
   if (state.open !== id) return;
+  markRead(id);
   $("conv-title").textContent = customerLabel(conv, id);
   const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
-  $("conv-meta").textContent = `${conv.channel} · ${conv.status} · ${identities}`;
+  $("conv-meta").textContent = [channelName(conv.channel), identities].filter(Boolean).join(" · ");
   showStatus(conv.status);
   loadSla(id);
   loadReplyChannels(id);
   showCustomer(conv.customer, id);
   for (const message of conv.messages) appendMessage(message);
 }
+
+// The agent has seen the conversation: the server keeps the marker, so the unread counts
+// survive a reload and another device.
+function markRead(id) {
+  setUnread(id, 0);
+  api(`/api/v1/conversations/${id}/read`, { method: "POST" }).catch(() => {});
+}
+
+// "/agent#conversation-12" (the link in SLA escalation emails and Slack messages) opens it,
+// if this agent may see it.
+function openFromHash() {
+  const match = /^#conversation-(\d+)$/.exec(location.hash);
+  if (match) openConversation(Number(match[1]));
+}
+window.addEventListener("hashchange", openFromHash);
 
 function appendMessage(m) {
   if (state.shown.has(m.id)) return;
@@ -328,12 +443,12 @@ function appendMessage(m) {
     item.append(link);
   }
   const info = el("div", "info");
-  info.append(el("span", "channel", m.private ? t("internal_note") : m.channel || ""));
+  info.append(el("span", "channel", m.private ? t("internal_note") : channelName(m.channel)));
   const time = el("time", "", timeFormat.format(new Date(m.created_at)));
   time.dateTime = m.created_at;
   info.append(time);
   if (m.direction === "out" && !m.private) {
-    const status = el("span", "status", m.delivery_status);
+    const status = el("span", "status", deliveryName(m.delivery_status));
     status.dataset.status = m.delivery_status;
     info.append(status);
   }
@@ -345,6 +460,7 @@ function appendMessage(m) {
 function messageCreated(m) {
   if (m.conversation_id === state.open) {
     appendMessage(m);
+    if (m.direction === "in" && !document.hidden) markRead(m.conversation_id);
   } else if (state.conversations.has(m.conversation_id) && m.direction === "in") {
     setUnread(m.conversation_id, state.conversations.get(m.conversation_id).count + 1);
   }
@@ -353,7 +469,7 @@ function messageCreated(m) {
 function updateStatus(data) {
   const status = document.querySelector(`.msg[data-message-id="${Number(data.message_id)}"] .status`);
   if (status) {
-    status.textContent = data.delivery_status;
+    status.textContent = deliveryName(data.delivery_status);
     status.dataset.status = data.delivery_status;
   }
 }
@@ -379,7 +495,7 @@ function addWaiting(conv) {
   item.dataset.conversationId = conv.id;
   item.dataset.channel = conv.channel || "";
   item.tabIndex = 0;
-  item.append(el("span", "channel", conv.channel || ""), el("span", "name", t("conversation", { id: conv.id })));
+  item.append(el("span", "channel", channelName(conv.channel)), el("span", "name", t("conversation", { id: conv.id })));
   item.addEventListener("click", () => openConversation(conv.id));
   $("waiting").prepend(item);
   waiting.set(conv.id, { element: item });
@@ -437,9 +553,9 @@ async function loadReplyChannels(id) {
 
 function duration(seconds) {
   const minutes = Math.max(1, Math.round(Math.abs(seconds) / 60));
-  if (minutes < 60) return `${minutes} min`;
+  if (minutes < 60) return t("minutes", { n: minutes });
   const hours = Math.floor(minutes / 60);
-  return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+  return minutes % 60 ? t("hours_minutes", { h: hours, m: minutes % 60 }) : t("hours", { n: hours });
 }
 
 async function loadSla(id) {
@@ -530,6 +646,7 @@ function showCustomer(customer, conversationId) {
   $("profile-email").textContent = customer.email || "–";
   $("profile-phone").textContent = customer.phone || "–";
   $("profile-locale").textContent = customer.locale || "–";
+  showAttributes(customer.attributes || {});
   $("identities").replaceChildren(
     ...(customer.identities || []).map((i) => {
       const item = el("li");
@@ -546,8 +663,8 @@ function showCustomer(customer, conversationId) {
       if (state.open !== conversationId) return;
       for (const conv of page.items) {
         const item = el("li");
-        const when = conv.last_message_at ? new Date(conv.last_message_at).toLocaleDateString(body.dataset.locale) : "";
-        item.append(el("span", "channel", conv.channel), ` #${conv.id} · ${conv.status} · ${when}`);
+        const when = conv.last_message_at ? dateFormat.format(new Date(conv.last_message_at)) : "";
+        item.append(el("span", "channel", channelName(conv.channel)), ` #${conv.id} · ${statusName(conv.status)} · ${when}`);
         item.dataset.conversationId = conv.id;
         if (conv.id !== conversationId) {
           item.dataset.open = "";
@@ -559,14 +676,58 @@ function showCustomer(customer, conversationId) {
     .catch(() => {});
 }
 
+// Profile fields (the customer's attributes): text and numbers are editable, anything else
+// (lists, objects from an integration) is shown and kept as it is.
+function showAttributes(attributes) {
+  const box = $("attributes");
+  box.replaceChildren();
+  for (const [key, value] of Object.entries(attributes)) {
+    const label = el("label", "", key);
+    if (value === null || typeof value === "object") {
+      label.append(el("div", "fixed", JSON.stringify(value)));
+    } else {
+      const input = el("input");
+      input.value = String(value ?? "");
+      input.dataset.key = key;
+      input.dataset.type = typeof value;
+      input.maxLength = 500;
+      label.append(input);
+    }
+    box.append(label);
+  }
+  $("attr-key").value = "";
+  $("attr-value").value = "";
+}
+
+function editedAttributes(original) {
+  const out = { ...original };
+  for (const input of $("attributes").querySelectorAll("input[data-key]")) {
+    const key = input.dataset.key;
+    const text = input.value.trim();
+    if (!text) delete out[key];
+    else if (input.dataset.type === "number" && Number.isFinite(Number(text))) out[key] = Number(text);
+    else if (input.dataset.type === "boolean" && (text === "true" || text === "false")) out[key] = text === "true";
+    else out[key] = text;
+  }
+  const newKey = $("attr-key").value.trim();
+  const newValue = $("attr-value").value.trim();
+  if (newKey && newValue) out[newKey] = newValue;
+  return out;
+}
+
 $("profile").addEventListener("submit", async (e) => {
   e.preventDefault();
   const customer = state.customer;
   if (!customer) return;
   const updated = await api(`/api/v1/customers/${Number(customer.id)}`, {
     method: "PATCH",
-    body: JSON.stringify({ name: $("profile-name").value.trim(), tier: $("profile-tier").value.trim() }),
+    body: JSON.stringify({
+      name: $("profile-name").value.trim(),
+      tier: $("profile-tier").value.trim(),
+      attributes: editedAttributes(customer.attributes || {}),
+    }),
   });
+  showAttributes(updated.attributes || {});
   state.customer = { ...customer, ...updated };
   $("profile-saved").hidden = false;
   const label = customerLabel({ customer: state.customer }, state.open);
@@ -601,14 +762,27 @@ $("merge").addEventListener("submit", async (e) => {
 async function setStatus(status) {
   const id = state.open;
   if (id === null) return;
-  await api(`/api/v1/conversations/${id}`, { method: "PATCH", body: JSON.stringify({ status }) });
-  showStatus(status);
-  if (status === "resolved") dropFromList(id);
-  else addConversation(id);
+  let conv;
+  try {
+    conv = await api(`/api/v1/conversations/${id}`, { method: "PATCH", body: JSON.stringify({ status }) });
+  } catch (error) {
+    notice(String(error.message).slice(0, 300));
+    return;
+  }
+  if (state.open === id) showStatus(status);
+  if (conv.assignee_id === me || state.conversations.has(id)) {
+    addConversation(id, { channel: conv.channel, status });
+  }
+  if (state.open === id) {
+    loadSla(id);
+    setTimeout(() => state.open === id && loadSla(id), 2000); // the SLA clocks follow within a second
+  }
 }
 
 $("resolve").addEventListener("click", () => setStatus("resolved"));
 $("reopen").addEventListener("click", () => setStatus("open"));
+$("pending").addEventListener("click", () => setStatus("pending"));
+$("snooze").addEventListener("click", () => setStatus("snoozed"));
 
 $("transfer-open").addEventListener("click", async () => {
   const select = $("transfer-queue");
@@ -700,6 +874,31 @@ $("reply-text").addEventListener("keydown", (e) => {
     if (match && insertCanned(match[1])) e.preventDefault();
   }
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("reply").requestSubmit();
+});
+
+// The agent's own interface language and time zone (the page reloads in them).
+$("prefs").addEventListener("toggle", () => {
+  const list = $("zones");
+  if (list.children.length || !Intl.supportedValuesOf) return;
+  for (const zone of Intl.supportedValuesOf("timeZone")) {
+    const option = el("option");
+    option.value = zone;
+    list.append(option);
+  }
+});
+$("prefs-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await api("/api/v1/auth/me", {
+      method: "PATCH",
+      body: JSON.stringify({ locale: $("pref-locale").value, timezone: $("pref-timezone").value.trim() }),
+    });
+  } catch (error) {
+    $("prefs-error").textContent = t(String(error.message).includes("timezone") ? "bad_timezone" : "bad_locale");
+    $("prefs-error").hidden = false;
+    return;
+  }
+  location.reload();
 });
 
 window.ccConsole = { state, socket: null };

@@ -14,7 +14,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from contact_center.api.common import current_agent, runtime_of
+from contact_center.api.common import check_locale, check_timezone, current_agent, runtime_of
 from contact_center.auth import hash_password, issue_invite, require
 from contact_center.calendars import Calendar, CalendarError
 from contact_center.inbox_config import InboxConfigError, check_inbox
@@ -257,6 +257,8 @@ class AgentController(Controller):
         if "@" not in email:
             raise ClientException("email: not an email address")
         _check_routing(data.skills, data.capacity)
+        check_timezone(data.timezone)
+        locale = check_locale(data.locale)
         try:
             async with rt.db.write() as session:
                 agent = Agent(
@@ -266,7 +268,7 @@ class AgentController(Controller):
                     password_hash=hash_password(data.password) if data.password else None,
                     languages=data.languages,
                     timezone=data.timezone,
-                    locale=data.locale,
+                    locale=locale,
                     skills=data.skills,
                     capacity=data.capacity,
                     voice_blocks_chat=data.voice_blocks_chat,
@@ -327,6 +329,10 @@ class AgentController(Controller):
                 data.skills if data.skills is not msgspec.UNSET else None,
                 data.capacity if data.capacity is not msgspec.UNSET else None,
             )
+            if data.timezone is not msgspec.UNSET:
+                check_timezone(data.timezone)
+            if data.locale is not msgspec.UNSET:
+                data.locale = check_locale(data.locale)
             for field in (
                 "name",
                 "languages",

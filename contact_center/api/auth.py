@@ -5,24 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, patch, post
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.params import JSONBody
 
-from contact_center.api.common import current_agent, runtime_of
+from contact_center.api.common import check_locale, check_timezone, current_agent, runtime_of
 from contact_center.auth import (
     LoginThrottle,
     authenticate_password,
     issue_token,
     revoke,
 )
-from contact_center.models import AuthToken
+from contact_center.models import Agent, AuthToken
 from contact_center.views import agent_view
 
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     email: str = msgspec.field()
     password: str = msgspec.field()
+
+
+class MeUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """What every agent may change about themselves (the rest is an admin's)."""
+
+    locale: str | msgspec.UnsetType = msgspec.UNSET
+    timezone: str | msgspec.UnsetType = msgspec.UNSET
 
 
 throttle = LoginThrottle()
@@ -69,4 +76,24 @@ class AuthController(Controller):
             from contact_center.api.common import team_ids
 
             agent = current_agent(request)
+            return agent_view(agent, await team_ids(session, agent))
+
+    @patch("/me")
+    async def update_me(
+        self, request: Request[Any, Any, Any], data: JSONBody[MeUpdate]
+    ) -> dict[str, Any]:
+        """Change your own interface language and time zone (400 names a bad field)."""
+        rt = runtime_of(request)
+        from contact_center.api.common import team_ids
+
+        locale = None if data.locale is msgspec.UNSET else check_locale(data.locale)
+        zone = None if data.timezone is msgspec.UNSET else check_timezone(data.timezone)
+        async with rt.db.write() as session:
+            agent = await session.get(Agent, current_agent(request).id)
+            assert agent is not None
+            if locale is not None:
+                agent.locale = locale
+            if zone is not None:
+                agent.timezone = zone
+            await session.flush()
             return agent_view(agent, await team_ids(session, agent))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from typing import Any
 
 import msgspec
+from babel import Locale, UnknownLocaleError
 from litestar import Request
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from sqlalchemy import ColumnElement, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +35,30 @@ class Page(msgspec.Struct):
     total: int
     limit: int
     offset: int
+
+
+@functools.cache
+def zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(value: str, field: str = "timezone") -> str:
+    """An IANA time zone name (``Europe/Istanbul``, ``UTC``), else a 400 naming the field."""
+    if value not in zones():
+        raise ClientException(f"{field}: not an IANA time zone (e.g. Europe/Istanbul or UTC)")
+    return value
+
+
+def check_locale(value: str, field: str = "locale") -> str:
+    """A language tag babel knows (``tr``, ``en_US``; a hyphen is taken as ``_``)."""
+    tag = value.strip().replace("-", "_")
+    try:
+        if not 0 < len(tag) <= 16:
+            raise ValueError(tag)
+        Locale.parse(tag)
+    except (ValueError, TypeError, UnknownLocaleError):
+        raise ClientException(f"{field}: not a language tag (e.g. en or tr)") from None
+    return tag
 
 
 def clamp(limit: int, offset: int) -> tuple[int, int]:

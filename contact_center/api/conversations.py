@@ -9,7 +9,9 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import File
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_center.api.common import (
     Page,
@@ -23,9 +25,13 @@ from contact_center.attachments import INLINE_TYPES
 from contact_center.conversations import ConversationError, change_conversation
 from contact_center.models import (
     Attachment,
+    AuthorType,
     Conversation,
+    ConversationRead,
     ConversationStatus,
     Customer,
+    CustomerIdentity,
+    Direction,
     Inbox,
     Message,
     Priority,
@@ -44,6 +50,36 @@ class ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
     client_id: str | None = msgspec.field(default=None)
     # Another of the customer's channels to send it on (GET .../reply-channels lists them).
     inbox_id: str | None = None
+
+
+class ReadBody(msgspec.Struct, forbid_unknown_fields=True):
+    # Read up to this message (default: the conversation's latest).
+    message_id: int | None = None
+
+
+async def unread_counts(session: Any, agent_id: int, conversation_ids: list[int]) -> dict[int, int]:
+    """The customer's messages after the agent's read marker, per conversation (one query)."""
+    if not conversation_ids:
+        return {}
+    marker = func.coalesce(ConversationRead.last_read_message_id, 0)
+    rows = await session.execute(
+        select(Message.conversation_id, func.count(Message.id))
+        .outerjoin(
+            ConversationRead,
+            and_(
+                ConversationRead.conversation_id == Message.conversation_id,
+                ConversationRead.agent_id == agent_id,
+            ),
+        )
+        .where(
+            Message.conversation_id.in_(conversation_ids),
+            Message.direction == Direction.inbound.value,
+            Message.author_type == AuthorType.customer.value,
+            Message.id > marker,
+        )
+        .group_by(Message.conversation_id)
+    )
+    return {cid: int(n) for cid, n in rows.all()}
 
 
 class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,7 +124,9 @@ class ConversationController(Controller):
         offset: FromQuery[int] = 0,
     ) -> Page:
         """Conversations the caller may see, most recently active first. ``assignee`` is an
-        agent id, ``me`` or ``none``."""
+        agent id, ``me`` or ``none``. Each carries ``unread_count``: the customer's messages
+        after the caller's read marker (``POST .../read``), and ``customer_label``: the customer's
+        name, else their first address."""
         rt = runtime_of(request)
         agent = current_agent(request)
         limit, offset = clamp(limit, offset)
@@ -114,28 +152,56 @@ class ConversationController(Controller):
             if rule is not None:
                 query = query.where(rule)
             total = await session.scalar(select(func.count()).select_from(query.subquery()))
+            # The customer's name, else their first address: what a list shows (no second
+            # request per row).
+            address = (
+                select(CustomerIdentity.address)
+                .where(CustomerIdentity.customer_id == Conversation.customer_id)
+                .order_by(CustomerIdentity.id)
+                .limit(1)
+                .scalar_subquery()
+            )
             rows = (
                 await session.execute(
-                    query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
+                    query.join(Customer, Customer.id == Conversation.customer_id)
+                    .add_columns(Customer.name, address)
+                    .order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
                     .limit(limit)
                     .offset(offset)
                 )
             ).all()
-        return Page([conversation_view(c, kind) for c, kind in rows], total or 0, limit, offset)
+            unread = await unread_counts(session, agent.id, [row[0].id for row in rows])
+        return Page(
+            [
+                {
+                    **conversation_view(c, kind),
+                    "unread_count": unread.get(c.id, 0),
+                    "customer_label": name or first_address or None,
+                }
+                for c, kind, name, first_address in rows
+            ],
+            total or 0,
+            limit,
+            offset,
+        )
 
     @get("/{conversation_id:int}")
     async def get_conversation(
         self, request: Request[Any, Any, Any], conversation_id: FromPath[int]
     ) -> dict[str, Any]:
-        """One conversation with its customer and its latest 100 messages (oldest first)."""
+        """One conversation with its customer, its latest 100 messages (oldest first) and the
+        caller's ``unread_count``."""
         rt = runtime_of(request)
         async with rt.db.read() as session:
             conv = await visible_conversation(session, current_agent(request), conversation_id)
             inbox = await session.get(Inbox, conv.inbox_id)
             customer = await session.get(Customer, conv.customer_id)
             assert inbox is not None and customer is not None
+            agent = current_agent(request)
+            unread = await unread_counts(session, agent.id, [conv.id])
             return {
                 **conversation_view(conv, inbox.kind),
+                "unread_count": unread.get(conv.id, 0),
                 "customer": customer_view(customer, list(customer.identities)),
                 "messages": await _messages(session, conv.id, 100, None, inbox.kind),
             }
@@ -205,6 +271,62 @@ class ConversationController(Controller):
         if created:
             await rt.committed()
         return Response(view, status_code=201 if created else 200)
+
+    @post("/{conversation_id:int}/read", status_code=200)
+    async def mark_read(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[int],
+        data: JSONBody[ReadBody | None] = None,
+    ) -> dict[str, Any]:
+        """The caller has read the conversation (up to ``message_id``, default its latest
+        message). The marker only moves forward: a late or repeated call changes nothing."""
+        rt = runtime_of(request)
+        agent = current_agent(request)
+        async with rt.db.write() as session:
+            conv = await visible_conversation(session, agent, conversation_id)
+            latest = await session.scalar(
+                select(func.max(Message.id)).where(Message.conversation_id == conv.id)
+            )
+            upto = latest or 0
+            if data is not None and data.message_id is not None:
+                if data.message_id < 0 or data.message_id > upto:
+                    raise ClientException("message_id: not a message of this conversation")
+                upto = data.message_id
+            now = rt.clock.now()
+            insert = sqlite_insert if rt.db.is_sqlite else pg_insert
+            await session.execute(
+                insert(ConversationRead)
+                .values(
+                    agent_id=agent.id,
+                    conversation_id=conv.id,
+                    last_read_message_id=upto,
+                    read_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["agent_id", "conversation_id"])
+            )
+            await session.execute(
+                update(ConversationRead)
+                .where(
+                    ConversationRead.agent_id == agent.id,
+                    ConversationRead.conversation_id == conv.id,
+                    ConversationRead.last_read_message_id < upto,
+                )
+                .values(last_read_message_id=upto, read_at=now)
+            )
+            marker = await session.scalar(
+                select(ConversationRead.last_read_message_id).where(
+                    ConversationRead.agent_id == agent.id,
+                    ConversationRead.conversation_id == conv.id,
+                )
+            )
+            await session.flush()
+            unread = await unread_counts(session, agent.id, [conv.id])
+            return {
+                "conversation_id": conv.id,
+                "last_read_message_id": marker,
+                "unread_count": unread.get(conv.id, 0),
+            }
 
     @patch("/{conversation_id:int}")
     async def update_conversation(

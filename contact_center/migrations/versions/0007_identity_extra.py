@@ -1,7 +1,7 @@
 """Customer identities carry how they were linked (web chat pre-chat email, verified or not);
 web chat conversations belong to the visitor who started them (thread key "visitor:<id>")
 
-Revision ID: 0007_identity_extra
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-30
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0007_identity_extra"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
