@@ -255,6 +255,47 @@ async def test_patch_customer_changes_only_given_fields(
     assert missing.status_code == 404
 
 
+async def test_customer_fields_are_bounded(client: httpx.AsyncClient, org: Org) -> None:
+    """Profile fields are free-form but bounded: 400 naming the field, nothing changed."""
+    created = await client.post(
+        "/api/v1/customers",
+        json={"name": "Ann", "attributes": {"plan": "pro"}},
+        headers=org.agent.headers,
+    )
+    url = f"/api/v1/customers/{created.json()['id']}"
+    too_much: list[dict[str, object]] = [
+        {"name": "x" * 201},
+        {"tier": ""},
+        {"locale": "<script>"},
+        {"attributes": {f"f{i}": i for i in range(51)}},
+        {"attributes": {"k" * 65: 1}},
+        {"attributes": {"notes": "x" * 17_000}},
+    ]
+    for body in too_much:
+        refused = await client.patch(url, json=body, headers=org.agent.headers)
+        assert refused.status_code == 400, (body, refused.text)
+        field = next(iter(body))
+        assert field in refused.text, refused.text
+    created_big = await client.post(
+        "/api/v1/customers",
+        json={"name": "Bo", "attributes": {"notes": "x" * 17_000}},
+        headers=org.agent.headers,
+    )
+    assert created_big.status_code == 400
+    shown = (await client.get(url, headers=org.agent.headers)).json()
+    assert (shown["name"], shown["tier"], shown["attributes"]) == (
+        "Ann",
+        "standard",
+        {"plan": "pro"},
+    )
+    fine = await client.patch(
+        url,
+        json={"locale": "tr-TR", "attributes": {"plan": "pro", "notes": "x" * 1000}},
+        headers=org.agent.headers,
+    )
+    assert fine.status_code == 200, fine.text
+
+
 async def test_add_identity(client: httpx.AsyncClient, org: Org) -> None:
     ann = (await create_customer(client, org.agent, "Ann", ("email", "ann@example.com"))).json()
     bob = (await create_customer(client, org.agent, "Bob", ("email", "bob@example.com"))).json()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
@@ -25,19 +25,44 @@ class IdentityBody(msgspec.Struct, forbid_unknown_fields=True):
     display_name: str | None = None
 
 
+# Profile fields are the agents' free-form notes about a customer: bounded so that one
+# request cannot store megabytes on a customer that every view of them then carries.
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+Name = Annotated[str, msgspec.Meta(max_length=200)]
+Locale = Annotated[
+    str, msgspec.Meta(max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+]
+Tier = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+Attributes = Annotated[
+    dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], Any],
+    msgspec.Meta(max_length=MAX_ATTRIBUTES),
+]
+
+
 class CustomerCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: str = ""
-    locale: str | None = None
-    tier: str = "standard"
-    attributes: dict[str, Any] = {}
+    name: Name = ""
+    locale: Locale | None = None
+    tier: Tier = "standard"
+    attributes: Attributes = {}
     identities: list[IdentityBody] = []
 
 
 class CustomerUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    name: str | msgspec.UnsetType = msgspec.UNSET
-    locale: str | msgspec.UnsetType | None = msgspec.UNSET
-    tier: str | msgspec.UnsetType = msgspec.UNSET
-    attributes: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    locale: Locale | msgspec.UnsetType | None = msgspec.UNSET
+    tier: Tier | msgspec.UnsetType = msgspec.UNSET
+    attributes: Attributes | msgspec.UnsetType = msgspec.UNSET
+
+
+def _check_attributes(attributes: dict[str, Any] | msgspec.UnsetType) -> None:
+    if attributes is msgspec.UNSET:
+        return
+    if len(msgspec.json.encode(attributes)) > MAX_ATTRIBUTES_BYTES:
+        raise ClientException(
+            f"attributes: at most {MAX_ATTRIBUTES_BYTES // 1024} KiB of profile fields",
+            extra={"field": "attributes"},
+        )
 
 
 class MergeBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,6 +122,7 @@ class CustomerController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[CustomerCreate]
     ) -> dict[str, Any]:
         rt = runtime_of(request)
+        _check_attributes(data.attributes)
         refs = _refs(data.identities)
         now = rt.clock.now()
         try:
@@ -155,6 +181,7 @@ class CustomerController(Controller):
         data: JSONBody[CustomerUpdate],
     ) -> dict[str, Any]:
         rt = runtime_of(request)
+        _check_attributes(data.attributes)
         async with rt.db.write() as session:
             customer = await session.get(Customer, customer_id)
             if customer is None:
