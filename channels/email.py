@@ -19,7 +19,8 @@ import logging
 import re
 import smtplib
 from email.message import EmailMessage
-from email.utils import make_msgid, parseaddr
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses, make_msgid, parseaddr
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -154,6 +155,22 @@ def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
         attachments=tuple(attachments),
         extra=extra,
     )
+
+
+def header_recipients(raw: bytes) -> list[str]:
+    """Addresses the message was sent to, from its headers (``Delivered-To``,
+    ``X-Original-To``, ``To``, ``Cc``): the recipients of mail that reached us without an SMTP
+    envelope (IMAP, the relay webhook); a reply token among them threads the reply."""
+    try:
+        headers = BytesHeaderParser(policy=email.policy.default).parsebytes(raw)
+        values = [
+            str(v)
+            for name in ("Delivered-To", "X-Original-To", "To", "Cc")
+            for v in headers.get_all(name) or []
+        ]
+        return [address for _, address in getaddresses(values) if address]
+    except Exception:  # headers too broken to read: no token, the message still goes in
+        return []
 
 
 async def inbox_for(rt: Runtime, recipients: list[str]) -> Inbox | None:
@@ -317,7 +334,9 @@ async def email_inbound(
     if not raw.strip():
         raise ClientException("empty body: POST the raw RFC 822 message")
     try:
-        result = await deliver(rt, raw, row.id)
+        # No SMTP envelope here: the recipients come from the headers (a reply token in
+        # Delivered-To/To threads a reply whose client dropped In-Reply-To/References).
+        result = await deliver(rt, raw, row.id, header_recipients(raw))
     except MalformedEmail as exc:
         raise ClientException(f"malformed message: {exc}") from None
     return Response({"message_id": result.message_id, "duplicate": result.duplicate})
@@ -427,6 +446,7 @@ __all__ = [
     "EmailNotifier",
     "InboundMailHandler",
     "SmtpSender",
+    "header_recipients",
     "parse_email",
     "serve_smtp",
     "smtp_send",

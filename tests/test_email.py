@@ -270,3 +270,55 @@ async def test_reply_token_threads_a_reply_without_headers(rt: Runtime, smtp_por
     assert rows["<t2@example.org>"] == conversation_id
     assert rows["<t3@example.org>"] != conversation_id
     assert rows["<t4@example.org>"] != conversation_id
+
+
+async def test_reply_token_threads_a_webhook_reply_without_headers(
+    rt: Runtime, smtp_port: int
+) -> None:
+    """The relay webhook has no SMTP envelope: the token is read from Delivered-To/To."""
+    from channels.email import reply_address
+    from tests.live import live_app
+
+    auth = {"Authorization": "Bearer hook-secret"}
+    url = "/webhooks/email/inbound?inbox=email"
+    async with live_app(rt) as live:
+        first = await live.client.post(
+            url, content=mail(msgid="<w1@example.org>").as_bytes(), headers=auth
+        )
+        assert first.status_code == 200, first.text
+        conversation_id = await _conversation_of(rt, "<w1@example.org>")
+        key = rt.settings.derive_key("reply-token")
+        token_address = reply_address("support@example.com", key, conversation_id)
+        forged = token_address.replace(token_address.split("-")[-1].split("@")[0], "0000000000")
+        sent = {
+            # The client dropped In-Reply-To/References; the token is in To ...
+            "<w2@example.org>": mail(subject="Yeni", msgid="<w2@example.org>"),
+            # ... or only in the relay's Delivered-To (To names the plain address).
+            "<w3@example.org>": mail(
+                subject="Yeni", msgid="<w3@example.org>", Delivered_To=token_address
+            ),
+            "<w4@example.org>": mail(subject="Yeni", msgid="<w4@example.org>"),
+            "<w5@example.org>": mail(sender="eve@example.org", msgid="<w5@example.org>"),
+        }
+        sent["<w2@example.org>"].replace_header("To", token_address)
+        sent["<w4@example.org>"].replace_header("To", forged)
+        sent["<w5@example.org>"].replace_header("To", token_address)
+        for msg in sent.values():
+            response = await live.client.post(url, content=msg.as_bytes(), headers=auth)
+            assert response.status_code == 200, response.text
+    assert await _conversation_of(rt, "<w2@example.org>") == conversation_id
+    assert await _conversation_of(rt, "<w3@example.org>") == conversation_id
+    # A forged token, and a stranger who knows the token, never join the conversation.
+    assert await _conversation_of(rt, "<w4@example.org>") != conversation_id
+    assert await _conversation_of(rt, "<w5@example.org>") != conversation_id
+
+
+async def _conversation_of(rt: Runtime, provider_message_id: str) -> int:
+    async with rt.db.read() as session:
+        found = await session.scalar(
+            select(Message.conversation_id).where(
+                Message.provider_message_id == provider_message_id
+            )
+        )
+    assert found is not None
+    return int(found)
