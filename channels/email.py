@@ -315,7 +315,12 @@ async def serve_smtp(rt: Runtime, host: str, port: int) -> asyncio.Server:
     )
 
 
-@post("/webhooks/email/inbound", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/email/inbound",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=MAX_EMAIL_BYTES,
+)
 async def email_inbound(
     request: Request[Any, Any, Any], inbox: FromQuery[str]
 ) -> Response[dict[str, Any]]:

@@ -24,7 +24,7 @@ from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlalchemy import select
 
 from channels.media import MediaError, MediaHosts, fetch_media
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
@@ -75,7 +75,7 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected, header.removeprefix("sha256="))
 
 
-@post("/webhooks/meta", tags=["webhooks"], status_code=200)
+@post("/webhooks/meta", tags=["webhooks"], status_code=200, request_max_body_size=WEBHOOK_MAX_BODY)
 async def meta_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     rt = runtime_of(request)
     body = await request.body()

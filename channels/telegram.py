@@ -27,7 +27,7 @@ from telegram.error import (
     TelegramError,
 )
 
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
@@ -58,7 +58,12 @@ async def _download(
     return InboundAttachment(filename, mime, bytes(data))
 
 
-@post("/webhooks/telegram/{inbox_id:str}", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/telegram/{inbox_id:str}",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=WEBHOOK_MAX_BODY,
+)
 async def telegram_webhook(
     request: Request[Any, Any, Any], inbox_id: FromPath[str]
 ) -> Response[dict[str, Any]]:

@@ -322,3 +322,41 @@ async def _conversation_of(rt: Runtime, provider_message_id: str) -> int:
         )
     assert found is not None
     return int(found)
+
+
+def sized_mail(msgid: str, size: int) -> bytes:
+    """A multipart mail of exactly ``size`` bytes: a short text part and a long epilogue."""
+    head = (
+        "From: Ayşe Yılmaz <ayse@example.org>\r\nTo: support@example.com\r\n"
+        f"Subject: Büyük ek\r\nMessage-ID: {msgid}\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nEkte tarama var.\r\n--b--\r\n"
+    ).encode()
+    line = b"x" * 998 + b"\r\n"
+    fill = size - len(head)
+    raw = head + line * (fill // len(line)) + b"y" * (fill % len(line))
+    assert len(raw) == size
+    return raw
+
+
+async def test_webhook_takes_mail_up_to_the_email_limit_and_refuses_more(
+    rt: Runtime, smtp_port: int
+) -> None:
+    from channels.email import MAX_EMAIL_BYTES
+    from tests.live import live_app
+
+    auth = {"Authorization": "Bearer hook-secret"}
+    url = "/webhooks/email/inbound?inbox=email"
+    async with live_app(rt) as live:
+        over = await live.client.post(
+            url, content=sized_mail("<big@example.org>", MAX_EMAIL_BYTES + 1), headers=auth
+        )
+        assert over.status_code == 413
+        assert f"at most {MAX_EMAIL_BYTES} bytes" in over.json()["detail"]
+        assert await count(rt, Message) == 0
+        # 40 MiB, far over the web framework's default 10 MB: a relay's large mail goes in.
+        fits = await live.client.post(
+            url, content=sized_mail("<fits@example.org>", MAX_EMAIL_BYTES), headers=auth
+        )
+        assert fits.status_code == 200, fits.text
+    assert await _conversation_of(rt, "<fits@example.org>")

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from contact_center.app import create_app
 from contact_center.models import Agent, Attachment, CustomerIdentity, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.helpers import make_inbox, make_org, settle
+from tests.live import live_app
 from tests.standins.meta import MetaStandIn
 
 SECRET = "meta-app-secret"
@@ -37,9 +37,9 @@ async def client(rt: Runtime, graph: MetaStandIn) -> AsyncIterator[httpx.AsyncCl
     creds = {"app_secret": SECRET, "verify_token": "verify-me", "page_access_token": TOKEN}
     await make_inbox(rt, "fb", "messenger", PAGE, api_base_url=graph.url, credentials=creds)
     await make_inbox(rt, "ig", "instagram", IG, api_base_url=graph.url, credentials=creds)
-    transport = httpx.ASGITransport(app=create_app(runtime=rt, run_scheduler=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
-        yield c
+    # The real app served over loopback: the provider's request travels over HTTP.
+    async with live_app(rt) as live:
+        yield live.client
 
 
 def webhook(obj: str, page: str, *items: dict[str, Any]) -> dict[str, Any]:
@@ -197,3 +197,29 @@ async def test_reply_through_send_api(
             [(await session.get(Message, i)).delivery_status for i in ids]  # type: ignore[union-attr]
         )
     assert statuses == ["failed", "sent"]
+
+
+async def test_body_at_the_limit_is_taken_and_over_it_is_413(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    from channels.webhooks import WEBHOOK_MAX_BODY
+    from tests.helpers import padded_json
+
+    def signed(body: bytes) -> dict[str, str]:
+        sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return {"X-Hub-Signature-256": sig, "Content-Type": "application/json"}
+
+    over = padded_json(
+        lambda pad: webhook("page", PAGE, text_item("m.big", "hi", pad=pad)), WEBHOOK_MAX_BODY + 1
+    )
+    refused = await client.post("/webhooks/meta", content=over, headers=signed(over))
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+    fits = padded_json(
+        lambda pad: webhook("page", PAGE, text_item("m.fits", "hi", pad=pad)), WEBHOOK_MAX_BODY
+    )
+    assert (
+        await client.post("/webhooks/meta", content=fits, headers=signed(fits))
+    ).status_code == 200
+    assert await count(rt, Message) == 1

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from contact_center.app import create_app
 from contact_center.models import Agent, Attachment, CustomerIdentity, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.helpers import make_inbox, make_org, settle
+from tests.live import live_app
 from tests.standins.telegram import TelegramStandIn
 
 TOKEN = "123456:test-token"
@@ -37,9 +37,9 @@ async def client(rt: Runtime, telegram: TelegramStandIn) -> AsyncIterator[httpx.
         api_base_url=telegram.url,
         credentials={"bot_token": TOKEN, "secret_token": SECRET},
     )
-    transport = httpx.ASGITransport(app=create_app(runtime=rt, run_scheduler=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
-        yield c
+    # The real app served over loopback: the provider's request travels over HTTP.
+    async with live_app(rt) as live:
+        yield live.client
 
 
 def update(
@@ -205,3 +205,21 @@ async def test_blocked_bot_fails_without_retry(
     assert stored is not None
     assert stored.delivery_status == "failed"
     assert "blocked" in (stored.status_reason or "")
+
+
+async def test_body_at_the_limit_is_taken_and_over_it_is_413(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    from channels.webhooks import WEBHOOK_MAX_BODY
+    from tests.helpers import padded_json
+
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    url = "/webhooks/telegram/telegram"
+    over = padded_json(lambda pad: update(1, pad=pad), WEBHOOK_MAX_BODY + 1)
+    refused = await client.post(url, content=over, headers=headers)
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+    fits = padded_json(lambda pad: update(2, pad=pad), WEBHOOK_MAX_BODY)
+    assert (await client.post(url, content=fits, headers=headers)).status_code == 200
+    assert await count(rt, Message) == 1
