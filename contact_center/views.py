@@ -49,6 +49,8 @@ def message_view(
         "html": msg.html,
         # Email: the history under the new text, for the console to fold (channels/email_quotes).
         "quoted_text": (msg.extra or {}).get("quoted_text"),
+        # Telegram: an edit is stored as a new message naming the message it changes.
+        "edited_of": (msg.extra or {}).get("edited_of"),
         "subject": msg.subject,
         "delivery_status": msg.delivery_status,
         "status_reason": msg.status_reason,

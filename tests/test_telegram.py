@@ -113,15 +113,18 @@ async def test_malformed_update_is_400(rt: Runtime, client: httpx.AsyncClient) -
 
 
 async def test_edited_message_and_non_messages(rt: Runtime, client: httpx.AsyncClient) -> None:
-    await post(client, update(1, "helo"))
-    await post(client, update(2, "hello", edited=True))
+    await post(client, update(1, "helo"))  # Telegram message 11
+    await post(client, update(2, "hello", edited=True, message_id=11))
+    await post(client, update(4, "hello!", edited=True, message_id=11))  # edited again
+    await post(client, update(5, "yeni"))  # message 15, never edited
     ignored = await post(client, {"update_id": 3, "my_chat_member": {}})
     assert ignored.json()["ignored"] is True
     async with rt.db.read() as session:
-        texts = (await session.scalars(select(Message.text).order_by(Message.id))).all()
-        conversations = {c for c in (await session.scalars(select(Message.conversation_id)))}
-    assert texts == ["helo", "(edited) hello"]
-    assert len(conversations) == 1
+        rows = (await session.scalars(select(Message).order_by(Message.id))).all()
+    assert [m.text for m in rows] == ["helo", "(edited) hello", "(edited) hello!", "yeni"]
+    assert len({m.conversation_id for m in rows}) == 1
+    # Each edit names the original message, so the timeline can link them.
+    assert [m.extra.get("edited_of") for m in rows] == [None, rows[0].id, rows[0].id, None]
 
 
 async def test_photo_and_document_are_downloaded(
