@@ -9,7 +9,6 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -110,12 +109,11 @@ async def test_reply_threads_into_the_conversation(rt: Runtime, smtp_port: int) 
 
 
 async def test_webhook_takes_raw_rfc822(rt: Runtime, smtp_port: int) -> None:
-    from contact_center.app import create_app
+    from tests.live import live_app
 
     raw = mail(msgid="<hook@example.org>").as_bytes()
-    app = create_app(runtime=rt, run_scheduler=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+    async with live_app(rt) as live:
+        client = live.client
         url = "/webhooks/email/inbound?inbox=email"
         bad = await client.post(url, content=raw, headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401
