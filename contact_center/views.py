@@ -49,8 +49,6 @@ def message_view(
         "html": msg.html,
         # Email: the history under the new text, for the console to fold (channels/email_quotes).
         "quoted_text": (msg.extra or {}).get("quoted_text"),
-        # Telegram: an edit is stored as a new message naming the message it changes.
-        "edited_of": (msg.extra or {}).get("edited_of"),
         "subject": msg.subject,
         "delivery_status": msg.delivery_status,
         "status_reason": msg.status_reason,
@@ -58,6 +56,8 @@ def message_view(
         "client_id": msg.client_id,
         "to_address": msg.to_address,
         "attachments": [attachment_view(a) for a in (attachments or [])],
+        # Telegram: an edit is stored as a new message naming the message it changes.
+        "edited_of": (msg.extra or {}).get("edited_of"),
         "created_at": ts(msg.created_at),
         "sent_at": ts(msg.sent_at),
     }
