@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from contact_center.outbound import ChannelSender, Notifier
+from contact_center.settings import Settings
 
 
 def senders() -> dict[str, ChannelSender]:
@@ -28,8 +29,8 @@ def senders() -> dict[str, ChannelSender]:
     }
 
 
-def route_handlers() -> list[Any]:
-    """The provider-facing HTTP routes (webhooks)."""
+def route_handlers(settings: Settings) -> list[Any]:
+    """The provider-facing HTTP routes (webhooks), each with its request body limit."""
     from channels import email, meta, slack, telegram, twilio, webchat, webchat_offline
 
     return [
@@ -39,6 +40,7 @@ def route_handlers() -> list[Any]:
         *slack.route_handlers,
         *meta.route_handlers,
         *webchat.route_handlers,
+        webchat.upload_route(settings.attachment_max_bytes),
         *webchat_offline.route_handlers,
     ]
 

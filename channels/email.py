@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email
+import email.message
 import email.policy
 import hashlib
 import hmac
@@ -19,7 +20,8 @@ import logging
 import re
 import smtplib
 from email.message import EmailMessage
-from email.utils import make_msgid, parseaddr
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses, make_msgid, parseaddr
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -39,8 +41,8 @@ from contact_center.ingest import (
     IngestResult,
 )
 from contact_center.metrics import DUPLICATES, INGESTED
-from contact_center.models import Inbox
-from contact_center.outbound import OutboundMessage, SendError, SendResult
+from contact_center.models import DeliveryStatus, Direction, Inbox, Message
+from contact_center.outbound import OutboundMessage, SendError, SendResult, set_status
 from contact_center.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class MalformedEmail(ValueError):
     pass
 
 
-def _header(msg: EmailMessage, name: str) -> str:
+def _header(msg: email.message.Message[Any, Any], name: str) -> str:
     """A header's value; malformed headers fall back to the raw text instead of failing."""
     try:
         value = msg.get(name)
@@ -102,6 +104,52 @@ def is_automatic(msg: EmailMessage) -> bool:
     )
 
 
+def _first_msgid(value: str) -> list[str]:
+    return _MSGID.findall(value)[:1]
+
+
+def delivery_report(msg: EmailMessage) -> dict[str, Any] | None:
+    """A delivery status notification (RFC 3464: ``multipart/report;
+    report-type=delivery-status``): the Message-IDs it may be about (the returned message or
+    its headers, the report's ``Original-Message-ID`` fields, the bounce's own In-Reply-To and
+    References), and the first recipient's ``Action``, ``Status`` and diagnostic."""
+    if msg.get_content_type() != "multipart/report":
+        return None
+    if str(msg.get_param("report-type", "")).lower() != "delivery-status":
+        return None
+    refs: list[str] = []
+    action = status = diagnostic = ""
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind in ("message/delivery-status", "message/global-delivery-status"):
+            blocks = part.get_payload()
+            for block in blocks if isinstance(blocks, list) else []:
+                if not isinstance(block, email.message.Message):
+                    continue
+                refs += _first_msgid(_header(block, "Original-Message-ID"))
+                block_action = _header(block, "Action").strip().lower()
+                if block_action and (not action or (block_action == "failed" != action)):
+                    action = block_action
+                    status = _header(block, "Status").strip()
+                    diagnostic = " ".join(_header(block, "Diagnostic-Code").split())
+        elif kind in ("message/rfc822", "message/global"):
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+                refs += _first_msgid(_header(inner[0], "Message-ID"))
+        elif kind in ("text/rfc822-headers", "message/global-headers"):
+            returned = BytesHeaderParser(policy=email.policy.default).parsebytes(
+                _content(part).encode("utf-8", errors="replace")
+            )
+            refs += _first_msgid(_header(returned, "Message-ID"))
+    refs += list(_refs(msg))
+    return {
+        "refs": list(dict.fromkeys(refs))[:20],
+        "action": action,
+        "status": status[:20],
+        "diagnostic": diagnostic[:500],
+    }
+
+
 def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
     if len(raw) > MAX_EMAIL_BYTES:
         raise MalformedEmail("message too large")
@@ -126,6 +174,9 @@ def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
     # and in extra["quoted_text"] for the console to expand.
     reply = split_reply(text, html)
     extra: dict[str, Any] = {"automatic": is_automatic(msg)}
+    report = delivery_report(msg)
+    if report is not None:
+        extra["delivery_report"] = report
     if reply.quoted is not None:
         extra["quoted_text"] = reply.quoted[:MAX_TEXT]
     attachments = []
@@ -154,6 +205,22 @@ def parse_email(raw: bytes, inbox_id: str) -> InboundMessage:
         attachments=tuple(attachments),
         extra=extra,
     )
+
+
+def header_recipients(raw: bytes) -> list[str]:
+    """Addresses the message was sent to, from its headers (``Delivered-To``,
+    ``X-Original-To``, ``To``, ``Cc``): the recipients of mail that reached us without an SMTP
+    envelope (IMAP, the relay webhook); a reply token among them threads the reply."""
+    try:
+        headers = BytesHeaderParser(policy=email.policy.default).parsebytes(raw)
+        values = [
+            str(v)
+            for name in ("Delivered-To", "X-Original-To", "To", "Cc")
+            for v in headers.get_all(name) or []
+        ]
+        return [address for _, address in getaddresses(values) if address]
+    except Exception:  # headers too broken to read: no token, the message still goes in
+        return []
 
 
 async def inbox_for(rt: Runtime, recipients: list[str]) -> Inbox | None:
@@ -204,6 +271,54 @@ def conversation_from(secret: str, recipients: list[str]) -> int | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BounceResult:
+    """A delivery report about one of our replies: it changed that reply's status (unless
+    ``duplicate``) and opened no conversation."""
+
+    message_id: int  # our outbound message
+    conversation_id: int
+    duplicate: bool
+
+
+# RFC 3464 Action -> our status; "delayed", "relayed" and "expanded" change nothing.
+_DSN_STATUS = {"failed": DeliveryStatus.undelivered, "delivered": DeliveryStatus.delivered}
+
+
+async def apply_bounce(rt: Runtime, message: InboundMessage) -> BounceResult | None:
+    """Match a delivery report to our outgoing email (its provider id is the Message-ID we
+    sent) and move that message's status forward; None when it is about no mail of ours."""
+    report = message.extra.get("delivery_report")
+    if not isinstance(report, dict) or not report.get("refs"):
+        return None
+    async with rt.db.write() as session:
+        ours = await session.scalar(
+            select(Message)
+            .where(
+                Message.inbox_id == message.inbox_id,
+                Message.direction == Direction.outbound.value,
+                Message.provider_message_id.in_([str(r)[:255] for r in report["refs"]]),
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        if ours is None:
+            return None
+        status = _DSN_STATUS.get(str(report.get("action")))
+        changed = False
+        if status is not None:
+            detail = " ".join(str(report.get(k) or "") for k in ("status", "diagnostic")).strip()
+            reason = f"bounced: {detail}" if status == DeliveryStatus.undelivered else None
+            if reason == "bounced: ":
+                reason = "bounced"
+            changed = await set_status(session, ours, status, clock=rt.clock, reason=reason)
+        result = BounceResult(ours.id, ours.conversation_id, duplicate=not changed)
+    if changed:
+        await rt.committed()
+    return result
+
+
 async def deliver(
     rt: Runtime,
     raw: bytes,
@@ -211,7 +326,7 @@ async def deliver(
     recipients: list[str] | tuple[str, ...] = (),
     *,
     mail_from: str | None = None,
-) -> IngestResult:
+) -> IngestResult | BounceResult:
     """Parse and ingest one raw message (SMTP, the relay webhook and the IMAP poller)."""
     return await ingest_email(rt, parse_email(raw, inbox_id), recipients, mail_from=mail_from)
 
@@ -222,9 +337,14 @@ async def ingest_email(
     recipients: list[str] | tuple[str, ...] = (),
     *,
     mail_from: str | None = None,
-) -> IngestResult:
+) -> IngestResult | BounceResult:
     """Ingest a parsed message. ``recipients`` may carry a reply token; an empty envelope
-    sender (``MAIL FROM:<>``, a bounce) marks the message automatic (never auto-answered)."""
+    sender (``MAIL FROM:<>``, a bounce) marks the message automatic (never auto-answered).
+    A delivery report about one of our replies updates that reply's status instead and opens
+    no conversation; an unmatched one goes in as automatic mail."""
+    bounce = await apply_bounce(rt, message)
+    if bounce is not None:
+        return bounce
     if mail_from is not None and not mail_from.strip("<> "):
         message = dataclasses.replace(message, extra={**message.extra, "automatic": True})
     conversation_id = conversation_from(rt.settings.derive_key("reply-token"), list(recipients))
@@ -298,7 +418,12 @@ async def serve_smtp(rt: Runtime, host: str, port: int) -> asyncio.Server:
     )
 
 
-@post("/webhooks/email/inbound", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/email/inbound",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=MAX_EMAIL_BYTES,
+)
 async def email_inbound(
     request: Request[Any, Any, Any], inbox: FromQuery[str]
 ) -> Response[dict[str, Any]]:
@@ -317,10 +442,15 @@ async def email_inbound(
     if not raw.strip():
         raise ClientException("empty body: POST the raw RFC 822 message")
     try:
-        result = await deliver(rt, raw, row.id)
+        # No SMTP envelope here: the recipients come from the headers (a reply token in
+        # Delivered-To/To threads a reply whose client dropped In-Reply-To/References).
+        result = await deliver(rt, raw, row.id, header_recipients(raw))
     except MalformedEmail as exc:
         raise ClientException(f"malformed message: {exc}") from None
-    return Response({"message_id": result.message_id, "duplicate": result.duplicate})
+    answer: dict[str, Any] = {"message_id": result.message_id, "duplicate": result.duplicate}
+    if isinstance(result, BounceResult):
+        answer["bounce"] = True  # a delivery report about that reply of ours
+    return Response(answer)
 
 
 def text_to_html(text: str) -> str:
@@ -427,6 +557,7 @@ __all__ = [
     "EmailNotifier",
     "InboundMailHandler",
     "SmtpSender",
+    "header_recipients",
     "parse_email",
     "serve_smtp",
     "smtp_send",

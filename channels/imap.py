@@ -24,14 +24,11 @@ import re
 import ssl
 import uuid
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
-from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import select
 
-from channels.email import ingest_email, parse_email
+from channels.email import header_recipients, ingest_email, parse_email
 from contact_center import mailboxes
 from contact_center.inbox_config import ImapConfig, InboxConfigError
 from contact_center.jobs import job
@@ -137,20 +134,6 @@ class _Mailbox:
             self.conn = None
 
 
-def _recipients(raw: bytes) -> list[str]:
-    """Addresses the message was sent to (a reply token among them threads the reply)."""
-    try:
-        headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-        values = [
-            str(v)
-            for name in ("Delivered-To", "X-Original-To", "To", "Cc")
-            for v in headers.get_all(name) or []
-        ]
-        return [address for _, address in getaddresses(values) if address]
-    except Exception:  # headers too broken to read: no token, the message still goes in
-        return []
-
-
 @dataclass(slots=True)
 class PollResult:
     ingested: int = 0
@@ -202,7 +185,7 @@ async def poll(rt: Runtime, inbox_id: str) -> PollResult:
                     log.warning("IMAP %s UID %s skipped: %s", inbox_id, uid, skipped)
                     result.skipped += 1
                 else:
-                    stored = await ingest_email(rt, message, _recipients(raw))
+                    stored = await ingest_email(rt, message, header_recipients(raw))
                     if stored.duplicate:
                         result.duplicates += 1
                     else:

@@ -6,6 +6,11 @@ of the raw body with the app secret) and ingests message and postback events; th
 one whose address is the page (or Instagram account) id of the entry. Our own echoes are
 ignored; ``mid`` deduplicates. Replies go through ``POST /{version}/me/messages``.
 
+Receipts move our replies' delivery status forward (never back, so replays are harmless):
+``delivery`` (``mids`` and/or a ``watermark``) marks them ``delivered``, ``read`` (a
+``watermark``, or Instagram's ``mid``) marks them ``read``. A watermark covers every reply of
+the inbox to that person sent at or before it.
+
 Attachment URLs are fetched only from Meta's CDN hosts (or the inbox's own API host, for
 stand-ins and the sandbox): a webhook must not make us fetch arbitrary URLs.
 """
@@ -16,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -24,12 +30,12 @@ from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlalchemy import select
 
 from channels.media import MediaError, MediaHosts, fetch_media
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
-from contact_center.models import Inbox
-from contact_center.outbound import OutboundMessage, SendError, SendResult
+from contact_center.models import DeliveryStatus, Direction, Inbox, Message
+from contact_center.outbound import OutboundMessage, SendError, SendResult, set_status
 from contact_center.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -75,7 +81,7 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected, header.removeprefix("sha256="))
 
 
-@post("/webhooks/meta", tags=["webhooks"], status_code=200)
+@post("/webhooks/meta", tags=["webhooks"], status_code=200, request_max_body_size=WEBHOOK_MAX_BODY)
 async def meta_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     rt = runtime_of(request)
     body = await request.body()
@@ -104,20 +110,101 @@ async def meta_events(request: Request[Any, Any, Any]) -> Response[dict[str, Any
     ):
         raise PermissionDeniedException("invalid X-Hub-Signature-256")
     stored = 0
+    changed = False
     for entry in entries:
         inbox = inboxes.get(str(entry["id"]))
         if inbox is None:
             continue
         for item in entry.get("messaging") or []:
+            if not isinstance(item, dict):
+                continue
+            if isinstance(item.get("delivery"), dict) or isinstance(item.get("read"), dict):
+                changed = await _receipt(rt, inbox, item) or changed
+                continue
             msg = await _inbound(rt, inbox, item)
             if msg is None:
                 continue
             result = await rt.ingestor.ingest(msg)
             (DUPLICATES if result.duplicate else INGESTED).labels(kind).inc()
             stored += not result.duplicate
-    if stored:
+    if stored or changed:
         await rt.committed()
     return Response({"ok": True, "stored": stored})
+
+
+def _watermark(value: Any) -> datetime | None:
+    """Meta's watermark (epoch milliseconds) as the last instant of that millisecond (our
+    times have microseconds); None when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC) + timedelta(microseconds=999)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+async def _receipt(rt: Runtime, inbox: Inbox, item: dict[str, Any]) -> bool:
+    """Apply a ``delivery`` or ``read`` receipt to our replies to the item's sender."""
+    try:
+        person = str(item["sender"]["id"])
+    except (KeyError, TypeError):
+        return False
+    delivery = item.get("delivery")
+    if isinstance(delivery, dict):
+        status, receipt = DeliveryStatus.delivered, delivery
+    else:
+        status, receipt = DeliveryStatus.read, item["read"]
+    mids = receipt.get("mids") or ([receipt["mid"]] if receipt.get("mid") else [])
+    mids = (
+        [str(m) for m in mids if isinstance(m, str | int)][:100] if isinstance(mids, list) else []
+    )
+    watermark = _watermark(receipt.get("watermark"))
+    ours = (
+        Message.inbox_id == inbox.id,
+        Message.direction == Direction.outbound.value,
+        Message.to_address == person,
+    )
+    changed = False
+    async with rt.db.write() as session:
+        named = []
+        if mids:
+            named = list(
+                (
+                    await session.scalars(
+                        select(Message)
+                        .where(*ours, Message.provider_message_id.in_(mids))
+                        .order_by(Message.id)
+                        .with_for_update()
+                    )
+                ).all()
+            )
+        if status == DeliveryStatus.read and watermark is None:
+            # Instagram names the message read: everything sent up to it was read too.
+            sent = [m.sent_at for m in named if m.sent_at is not None]
+            watermark = max(sent) if sent else None
+        covered = []
+        if watermark is not None:
+            # A watermark covers replies handed to Meta at or before it; a reply that failed
+            # to send is never "delivered" by it.
+            covered = list(
+                (
+                    await session.scalars(
+                        select(Message)
+                        .where(
+                            *ours,
+                            Message.sent_at <= watermark,
+                            Message.delivery_status.in_(
+                                [DeliveryStatus.sent.value, DeliveryStatus.delivered.value]
+                            ),
+                        )
+                        .order_by(Message.id)
+                        .with_for_update()
+                    )
+                ).all()
+            )
+        for message in {m.id: m for m in [*named, *covered]}.values():
+            changed = await set_status(session, message, status, clock=rt.clock) or changed
+    return changed
 
 
 async def _inbound(rt: Runtime, inbox: Inbox, item: dict[str, Any]) -> InboundMessage | None:

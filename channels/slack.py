@@ -26,7 +26,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.clock import Clock
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
@@ -70,7 +70,12 @@ def _client(token: str, api_base_url: str | None) -> AsyncWebClient:
     return client
 
 
-@post("/webhooks/slack/events", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/slack/events",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=WEBHOOK_MAX_BODY,
+)
 async def slack_events(request: Request[Any, Any, Any]) -> Response[Any]:
     rt = runtime_of(request)
     body = await request.body()

@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.exceptions import ClientException, PermissionDeniedException
 from litestar.params import FromPath
+from sqlalchemy import select
 from telegram import Bot, Update
 from telegram.error import (
     BadRequest,
@@ -27,12 +28,13 @@ from telegram.error import (
     TelegramError,
 )
 
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundAttachment, InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
-from contact_center.models import Inbox
+from contact_center.models import Conversation, CustomerIdentity, Direction, Inbox, Message
 from contact_center.outbound import InboxConfig, OutboundMessage, SendError, SendResult
+from contact_center.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,12 @@ async def _download(
     return InboundAttachment(filename, mime, bytes(data))
 
 
-@post("/webhooks/telegram/{inbox_id:str}", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/telegram/{inbox_id:str}",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=WEBHOOK_MAX_BODY,
+)
 async def telegram_webhook(
     request: Request[Any, Any, Any], inbox_id: FromPath[str]
 ) -> Response[dict[str, Any]]:
@@ -104,6 +111,9 @@ async def telegram_webhook(
     extra: dict[str, Any] = {"telegram_message_id": message.message_id}
     if update.edited_message is not None:
         extra["edited"] = True
+        original = await _original_of(rt, inbox.id, str(message.chat.id), message.message_id)
+        if original is not None:
+            extra["edited_of"] = original  # the timeline links the edit to what it changes
     if rejected:
         extra["download_failed"] = rejected
     text = message.text or message.caption or ""
@@ -123,6 +133,37 @@ async def telegram_webhook(
     if not result.duplicate:
         await rt.committed()
     return Response({"ok": True})
+
+
+async def _original_of(rt: Runtime, inbox_id: str, chat_id: str, message_id: int) -> int | None:
+    """Our id for the chat's Telegram message ``message_id`` (ids are unique per chat): the
+    first message stored for it, or the one an earlier edit of it names."""
+    customers = select(CustomerIdentity.customer_id).where(
+        CustomerIdentity.kind == "telegram", CustomerIdentity.address == chat_id
+    )
+    conversations = select(Conversation.id).where(
+        Conversation.inbox_id == inbox_id, Conversation.customer_id.in_(customers)
+    )
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(
+                select(Message.id, Message.extra)
+                .where(
+                    Message.conversation_id.in_(conversations),
+                    Message.direction == Direction.inbound.value,
+                    Message.extra["telegram_message_id"].as_integer() == message_id,
+                )
+                .order_by(Message.id)
+                .limit(1)
+            )
+        ).first()
+    if row is None:
+        return None
+    found, extra = row
+    if (extra or {}).get("edited"):
+        earlier = (extra or {}).get("edited_of")
+        return int(earlier) if isinstance(earlier, int) else None
+    return int(found)
 
 
 class TelegramSender:

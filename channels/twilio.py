@@ -24,7 +24,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from channels.twilio_media import MAX_MEDIA_ITEMS, MEDIA_PENDING, enqueue_media, mark_media_due
-from channels.webhooks import public_url, runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, public_url, runtime_of
 from contact_center.identities import IdentityRef, InvalidIdentity, normalize_phone
 from contact_center.ingest import InboundMessage
 from contact_center.metrics import DUPLICATES, INGESTED
@@ -164,7 +164,12 @@ def _twiml() -> Response[str]:
     return Response(EMPTY_TWIML, media_type="text/xml")
 
 
-@post("/webhooks/twilio/messages", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/twilio/messages",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=WEBHOOK_MAX_BODY,
+)
 async def twilio_messages(request: Request[Any, Any, Any]) -> Response[str]:
     """Inbound SMS/WhatsApp. 403 on a bad signature, 400 on a malformed request, 404 for an
     unknown ``To``: Twilio does not retry those. 2xx only once the message is committed."""
@@ -235,7 +240,12 @@ def _media_params(params: dict[str, str]) -> list[dict[str, Any]]:
     return media
 
 
-@post("/webhooks/twilio/status", tags=["webhooks"], status_code=200)
+@post(
+    "/webhooks/twilio/status",
+    tags=["webhooks"],
+    status_code=200,
+    request_max_body_size=WEBHOOK_MAX_BODY,
+)
 async def twilio_status(request: Request[Any, Any, Any]) -> Response[str]:
     """Delivery status callbacks; out-of-order callbacks never move a status backwards."""
     rt = runtime_of(request)

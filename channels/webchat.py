@@ -35,13 +35,20 @@ from typing import Annotated, Any
 from litestar import Request, WebSocket, post, websocket
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, NotAuthorizedException, WebSocketDisconnect
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    WebSocketDisconnect,
+)
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import Body, FromQuery
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.webhooks import runtime_of
+from channels.webhooks import MULTIPART_OVERHEAD, runtime_of
+from contact_center.attachments import AttachmentRejected, check_type, safe_filename
 from contact_center.calendars import Calendar, CalendarError
 from contact_center.customers import find_by_identity, merge_customers, resolve_customer
 from contact_center.identities import IdentityRef, InvalidIdentity
@@ -593,18 +600,23 @@ async def _pump(chat: ChatSession, live: Any) -> None:
     )
 
 
-@post("/webchat/upload", tags=["webhooks"], status_code=201)
 async def chat_upload(
     request: Request[Any, Any, Any],
     inbox: FromQuery[str],
     visitor: FromQuery[str],
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
 ) -> dict[str, Any]:
-    """A file from the widget (multipart ``file``, optional ``text`` and ``client_id``)."""
+    """A file from the widget (multipart ``file``, optional ``text`` and ``client_id``):
+    403 for an origin outside the inbox's ``allowed_origins`` (as the socket), 413 over the
+    attachment limit, 415 for a type we never accept; nothing is stored then. The same
+    ``client_id`` again is the same message."""
     rt = runtime_of(request)
     row = await find_inbox(rt, inbox)
     if row is None:
         raise ClientException("unknown web chat inbox", status_code=404)
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(row, origin):
+        raise PermissionDeniedException("origin not allowed for this inbox")
     visitor_id = visitor_from(rt.settings.derive_key("visitor-token"), row.id, visitor)
     if visitor_id is None:
         raise NotAuthorizedException("bad visitor token")
@@ -613,7 +625,17 @@ async def chat_upload(
         raise ClientException("send the file as multipart field 'file'")
     content = await upload.read(rt.settings.attachment_max_bytes + 1)
     if len(content) > rt.settings.attachment_max_bytes:
-        raise ClientException("file too large", status_code=413)
+        raise ClientException(
+            f"file too large: at most {rt.settings.attachment_max_bytes} bytes", status_code=413
+        )
+    if not content:
+        raise ClientException("the file is empty")
+    try:
+        check_type(
+            content, safe_filename(upload.filename, upload.content_type), upload.content_type
+        )
+    except AttachmentRejected as exc:
+        raise ClientException(str(exc), status_code=415) from None
     client_id = str(data.get("client_id") or secrets.token_hex(8))[:64]
     try:
         result = await rt.ingestor.ingest(
@@ -641,4 +663,15 @@ class WebchatSender:
         return SendResult(f"webchat:{message.message_id}", DeliveryStatus.sent)
 
 
-route_handlers = [chat_socket, chat_upload]
+def upload_route(attachment_max_bytes: int) -> HTTPRouteHandler:
+    """``POST /webchat/upload``, accepting bodies up to the attachment limit plus the
+    multipart framing (the limit is a setting, so the route is built per app)."""
+    return post(
+        "/webchat/upload",
+        tags=["webhooks"],
+        status_code=201,
+        request_max_body_size=attachment_max_bytes + MULTIPART_OVERHEAD,
+    )(chat_upload)
+
+
+route_handlers = [chat_socket]

@@ -9,6 +9,14 @@ from litestar import Request
 
 from contact_center.runtime import Runtime
 
+# Request body limits per route (Litestar refuses a larger body with 413 before the handler
+# runs; its default, 10 MB, would refuse mail and uploads we accept). Provider webhooks carry
+# JSON or form payloads of a few kilobytes: 1 MiB is ample and keeps junk out.
+WEBHOOK_MAX_BODY = 1024 * 1024
+# Multipart framing and the small fields sent with a chat upload (text is capped at 64 Ki
+# characters, at most 256 KiB in UTF-8).
+MULTIPART_OVERHEAD = 512 * 1024
+
 
 def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
     rt: Runtime = request.app.state.runtime

@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
@@ -70,6 +71,13 @@ def _out_of_range(request: Request[Any, Any, Any], exc: Exception) -> Response[d
     )
 
 
+def _too_large(request: Request[Any, Any, Any], exc: RequestEntityTooLarge) -> Response[Any]:
+    """413 naming the route's limit, so a relay's operator sees why the body was refused."""
+    limit = request.route_handler.resolve_request_max_body_size()
+    detail = "request body too large" + (f": at most {limit} bytes here" if limit else "")
+    return Response({"status_code": 413, "detail": detail}, status_code=413)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -124,7 +132,7 @@ def create_app(
             InboxController,
             AgentController,
             TeamController,
-            *channels.route_handlers(),
+            *channels.route_handlers(settings),
             *widget.route_handlers,
             *console.route_handlers,
             *agent_socket.route_handlers,
@@ -144,6 +152,10 @@ def create_app(
         cors_config=CORSConfig(allow_origins=settings.allowed_origins)
         if settings.allowed_origins
         else None,
-        exception_handlers={OverflowError: _out_of_range, DBAPIError: _out_of_range},
+        exception_handlers={
+            OverflowError: _out_of_range,
+            DBAPIError: _out_of_range,
+            RequestEntityTooLarge: _too_large,
+        },
         debug=False,
     )

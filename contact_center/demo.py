@@ -71,6 +71,11 @@ PEOPLE = [
 
 def inboxes(public_url: str) -> list[dict[str, Any]]:
     sandbox = f"{public_url}/demo/sandbox"
+    meta = {
+        "app_secret": "demo-meta-secret",
+        "verify_token": "demo-verify-token",
+        "page_access_token": "demo-page-token",
+    }
     twilio = {"account_sid": TWILIO_ACCOUNT, "auth_token": TWILIO_TOKEN}
     return [
         {
@@ -123,14 +128,19 @@ def inboxes(public_url: str) -> list[dict[str, Any]]:
         },
         {
             "id": "meta",
-            "name": "Messenger & Instagram",
+            "name": "Messenger",
             "kind": "messenger",
             "address": "demo-page",
-            "credentials": {
-                "app_secret": "demo-meta-secret",
-                "verify_token": "demo-verify-token",
-                "page_access_token": "demo-page-token",
-            },
+            "credentials": meta,
+            "api_base_url": f"{sandbox}/meta",
+        },
+        {
+            # Webhooks with "object": "instagram" find their inbox by kind and account id.
+            "id": "instagram",
+            "name": "Instagram",
+            "kind": "instagram",
+            "address": "demo-instagram",
+            "credentials": meta,
             "api_base_url": f"{sandbox}/meta",
         },
         {
@@ -156,6 +166,11 @@ async def seed(rt: Runtime) -> bool:
     now = rt.clock.now()
     async with rt.db.write() as session:
         if await session.scalar(select(Agent.id).where(Agent.email == "admin@example.com")):
+            # A demo database from an earlier version: add the inboxes it lacks.
+            have = set((await session.scalars(select(Inbox.id))).all())
+            for spec in inboxes(rt.settings.public_url):
+                if spec["id"] not in have:
+                    session.add(Inbox(**spec, settings={}, is_active=True, created_at=now))
             return False
         teams = {
             name: Team(name=name, description=f"{name} questions", created_at=now)

@@ -59,6 +59,8 @@ def message_view(
         "client_id": msg.client_id,
         "to_address": msg.to_address,
         "attachments": [attachment_view(a) for a in (attachments or [])],
+        # Telegram: an edit is stored as a new message naming the message it changes.
+        "edited_of": (msg.extra or {}).get("edited_of"),
         "created_at": ts(msg.created_at),
         "sent_at": ts(msg.sent_at),
     }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,3 +156,11 @@ async def settle(rt: Runtime, rounds: int = 3) -> None:
     for _ in range(rounds):
         await relay(rt)
         await run_jobs(rt)
+
+
+def padded_json(build: Callable[[str], Any], size: int) -> bytes:
+    """``json.dumps(build(pad))`` of exactly ``size`` bytes (for request body limit tests)."""
+    base = len(json.dumps(build("")).encode())
+    body = json.dumps(build("x" * (size - base))).encode()
+    assert len(body) == size
+    return body

@@ -4,10 +4,15 @@ everything in one process and sends replies to its provider sandbox."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +26,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class Demo:
+    url: str
+    banner: str  # what `contact-center demo` printed for the user
+
+
 @pytest.fixture
-async def demo(tmp_path: Path) -> AsyncIterator[str]:
+async def demo(demo_run: Demo) -> str:
+    return demo_run.url
+
+
+@pytest.fixture
+async def demo_run(tmp_path: Path) -> AsyncIterator[Demo]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
     env["CC_PORT"] = str(port)
@@ -52,7 +68,13 @@ async def demo(tmp_path: Path) -> AsyncIterator[str]:
             else:
                 pytest.fail("the demo did not become ready")
         assert proc.returncode is None, (await proc.stdout.read()).decode()  # type: ignore[union-attr]
-        yield url
+        assert proc.stdout is not None
+        banner = ""
+        while "Press Ctrl+C" not in banner:  # printed before the server starts
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert line, banner
+            banner += line.decode()
+        yield Demo(url, banner)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -86,6 +108,7 @@ async def test_demo_organisation_and_reply_through_the_sandbox(demo: str) -> Non
             "telegram",
             "slack",
             "messenger",
+            "instagram",
             "webchat",
         }
         sms = next(i for i in inboxes if i["id"] == "sms")
@@ -209,3 +232,62 @@ async def test_demo_routes_waiting_conversations_to_an_agent_who_goes_available(
         assert conv["assignee_id"] is not None
         me = (await client.get(f"{url}/api/v1/auth/me", headers=headers)).json()
         assert conv["assignee_id"] == me["id"]
+
+
+async def test_printed_urls_answer_and_instagram_reaches_its_inbox(demo_run: Demo) -> None:
+    url = demo_run.url
+    printed = re.findall(r"(https?://[^\s'\"]+)", demo_run.banner)
+    pages = [u for u in printed if "/api/" not in u]  # the login one is the curl example
+    assert {f"{url}/agent", f"{url}/schema", f"{url}/demo/widget", f"{url}/readyz"} <= set(pages)
+    async with httpx.AsyncClient(timeout=10) as client:
+        for page in pages:  # the console pages send a visitor to sign in first
+            assert (await client.get(page, follow_redirects=True)).status_code == 200, page
+        login_url = next(u for u in printed if u.endswith("/api/v1/auth/login"))
+        example = await client.post(
+            login_url, json={"email": "ayse@example.com", "password": "demo-agent"}
+        )
+        assert example.status_code in (200, 201)
+        # The Meta webhook of the README's table, for the Instagram account.
+        body = json.dumps(
+            {
+                "object": "instagram",
+                "entry": [
+                    {
+                        "id": "demo-instagram",
+                        "time": 1700000000000,
+                        "messaging": [
+                            {
+                                "sender": {"id": "ig-user-1"},
+                                "recipient": {"id": "demo-instagram"},
+                                "timestamp": 1700000000000,
+                                "message": {"mid": "ig.m1", "text": "Merhaba"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ).encode()
+        sig = hmac.new(b"demo-meta-secret", body, hashlib.sha256).hexdigest()
+        hook = await client.post(
+            f"{url}/webhooks/meta",
+            content=body,
+            headers={"X-Hub-Signature-256": f"sha256={sig}", "Content-Type": "application/json"},
+        )
+        assert hook.status_code == 200, hook.text
+        assert hook.json()["stored"] == 1
+        handshake = await client.get(
+            f"{url}/webhooks/meta",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": "demo-verify-token",
+                "hub.challenge": "42",
+            },
+        )
+        assert handshake.text == "42"
+        agent = await login(client, url, "ayse@example.com", "demo-agent")
+        convs = (
+            await client.get(
+                f"{url}/api/v1/conversations", params={"inbox_id": "instagram"}, headers=agent
+            )
+        ).json()
+        assert convs["total"] == 1

@@ -13,12 +13,12 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import func, select
 
-from contact_center.app import create_app
 from contact_center.clock import ManualClock
 from contact_center.models import Agent, Conversation, CustomerIdentity, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.helpers import make_inbox, make_org, settle
+from tests.live import live_app
 from tests.standins.slack import SlackStandIn
 
 SECRET = "slack-signing-secret"
@@ -41,9 +41,9 @@ async def client(rt: Runtime, slack: SlackStandIn) -> AsyncIterator[httpx.AsyncC
         api_base_url=slack.api_url,
         credentials={"signing_secret": SECRET, "bot_token": TOKEN, "bot_user_id": "UBOT"},
     )
-    transport = httpx.ASGITransport(app=create_app(runtime=rt, run_scheduler=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
-        yield c
+    # The real app served over loopback: the provider's request travels over HTTP.
+    async with live_app(rt) as live:
+        yield live.client
 
 
 def signed(
@@ -217,3 +217,23 @@ async def test_direct_message_continues_and_reply_opens_the_dm(
     assert stored.delivery_status == "queued"
     assert "ratelimited" in (stored.status_reason or "")
     assert slack.posted()[0]["channel"] == "U123"
+
+
+async def test_body_at_the_limit_is_taken_and_over_it_is_413(
+    rt: Runtime, client: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    from channels.webhooks import WEBHOOK_MAX_BODY
+    from tests.helpers import padded_json
+
+    url = "/webhooks/slack/events"
+    over = padded_json(lambda pad: event("EvBig", pad=pad), WEBHOOK_MAX_BODY + 1)
+    _, headers = signed(json.loads(over), clock)
+    refused = await client.post(url, content=over, headers=headers)
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+    fits = padded_json(lambda pad: event("EvFits", pad=pad), WEBHOOK_MAX_BODY)
+    body, headers = signed(json.loads(fits), clock)
+    assert body == fits
+    assert (await client.post(url, content=body, headers=headers)).status_code == 200
+    assert await count(rt, Message) == 1

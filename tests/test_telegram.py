@@ -10,11 +10,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from contact_center.app import create_app
 from contact_center.models import Agent, Attachment, CustomerIdentity, Message
 from contact_center.outbound import reply
 from contact_center.runtime import Runtime
 from tests.helpers import make_inbox, make_org, settle
+from tests.live import live_app
 from tests.standins.telegram import TelegramStandIn
 
 TOKEN = "123456:test-token"
@@ -37,9 +37,9 @@ async def client(rt: Runtime, telegram: TelegramStandIn) -> AsyncIterator[httpx.
         api_base_url=telegram.url,
         credentials={"bot_token": TOKEN, "secret_token": SECRET},
     )
-    transport = httpx.ASGITransport(app=create_app(runtime=rt, run_scheduler=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as c:
-        yield c
+    # The real app served over loopback: the provider's request travels over HTTP.
+    async with live_app(rt) as live:
+        yield live.client
 
 
 def update(
@@ -113,15 +113,18 @@ async def test_malformed_update_is_400(rt: Runtime, client: httpx.AsyncClient) -
 
 
 async def test_edited_message_and_non_messages(rt: Runtime, client: httpx.AsyncClient) -> None:
-    await post(client, update(1, "helo"))
-    await post(client, update(2, "hello", edited=True))
+    await post(client, update(1, "helo"))  # Telegram message 11
+    await post(client, update(2, "hello", edited=True, message_id=11))
+    await post(client, update(4, "hello!", edited=True, message_id=11))  # edited again
+    await post(client, update(5, "yeni"))  # message 15, never edited
     ignored = await post(client, {"update_id": 3, "my_chat_member": {}})
     assert ignored.json()["ignored"] is True
     async with rt.db.read() as session:
-        texts = (await session.scalars(select(Message.text).order_by(Message.id))).all()
-        conversations = {c for c in (await session.scalars(select(Message.conversation_id)))}
-    assert texts == ["helo", "(edited) hello"]
-    assert len(conversations) == 1
+        rows = (await session.scalars(select(Message).order_by(Message.id))).all()
+    assert [m.text for m in rows] == ["helo", "(edited) hello", "(edited) hello!", "yeni"]
+    assert len({m.conversation_id for m in rows}) == 1
+    # Each edit names the original message, so the timeline can link them.
+    assert [m.extra.get("edited_of") for m in rows] == [None, rows[0].id, rows[0].id, None]
 
 
 async def test_photo_and_document_are_downloaded(
@@ -205,3 +208,21 @@ async def test_blocked_bot_fails_without_retry(
     assert stored is not None
     assert stored.delivery_status == "failed"
     assert "blocked" in (stored.status_reason or "")
+
+
+async def test_body_at_the_limit_is_taken_and_over_it_is_413(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    from channels.webhooks import WEBHOOK_MAX_BODY
+    from tests.helpers import padded_json
+
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    url = "/webhooks/telegram/telegram"
+    over = padded_json(lambda pad: update(1, pad=pad), WEBHOOK_MAX_BODY + 1)
+    refused = await client.post(url, content=over, headers=headers)
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+    fits = padded_json(lambda pad: update(2, pad=pad), WEBHOOK_MAX_BODY)
+    assert (await client.post(url, content=fits, headers=headers)).status_code == 200
+    assert await count(rt, Message) == 1

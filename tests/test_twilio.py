@@ -412,3 +412,22 @@ async def test_delivery_reported_after_a_failure_wins(
         "undelivered",
         "delivered",
     ]
+
+
+async def test_body_at_the_limit_is_taken_and_over_it_is_413(rt: Runtime, live: LiveApp) -> None:
+    from urllib.parse import urlencode
+
+    from channels.webhooks import WEBHOOK_MAX_BODY
+
+    def padded(sid: str, size: int) -> dict[str, str]:
+        params = {**inbound(sid), "Pad": ""}  # unknown extra parameters are accepted
+        params["Pad"] = "x" * (size - len(urlencode(params)))
+        assert len(urlencode(params)) == size
+        return params
+
+    refused = await post(live, MESSAGES, padded(sid_of(1), WEBHOOK_MAX_BODY + 1))
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+    assert (await post(live, MESSAGES, padded(sid_of(2), WEBHOOK_MAX_BODY))).status_code == 200
+    assert await count(rt, Message) == 1
