@@ -48,6 +48,25 @@ INLINE_TYPES = frozenset(
     }
 )
 _SAFE_NAME = re.compile(r"[^\w.\- ()]+", re.UNICODE)
+# Programs by their first bytes, whatever the name or declared type say (puremagic names
+# no type for ELF and only application/octet-stream for a Windows executable): ELF, DOS/PE,
+# Mach-O (both byte orders, 32/64 bit), universal binaries and Java classes. A DOS/PE header
+# always holds NUL bytes, which no text starting with "MZ" does. Scripts are text a customer
+# may well send to technical support (a download does not run them): refused by name only.
+EXECUTABLE_MAGIC = (
+    b"\x7fELF",
+    b"\xfe\xed\xfa\xce",
+    b"\xfe\xed\xfa\xcf",
+    b"\xce\xfa\xed\xfe",
+    b"\xcf\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",
+)
+
+
+def is_program(data: bytes) -> bool:
+    if data.startswith(b"MZ"):
+        return b"\x00" in data[:64]
+    return data.startswith(EXECUTABLE_MAGIC)
 
 
 class AttachmentRejected(ValueError):
@@ -84,6 +103,8 @@ def check_type(data: bytes, filename: str, declared: str | None) -> str:
     ext = os.path.splitext(filename)[1].lower()
     if ext in BLOCKED_EXTENSIONS:
         raise AttachmentRejected(f"files of type {ext} are not accepted")
+    if is_program(data):
+        raise AttachmentRejected("programs are not accepted as attachments")
     sniffed = sniff(data)
     for candidate in (sniffed, declared):
         if candidate in BLOCKED_TYPES:
