@@ -25,6 +25,7 @@ from typing import Any
 
 from litestar import Request, Response, post
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromQuery
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +38,7 @@ from channels.webchat import (
     origin_allowed,
     visitor_from,
 )
-from channels.webhooks import runtime_of
+from channels.webhooks import WEBHOOK_MAX_BODY, runtime_of
 from contact_center.customers import find_by_identity
 from contact_center.identities import IdentityRef, InvalidIdentity
 from contact_center.ingest import InboundMessage, IngestResult
@@ -84,7 +85,12 @@ def _cors(inbox_origins: list[str], origin: str | None) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}
 
 
-@post("/webchat/offline", tags=["webhooks"], status_code=201)
+@post(
+    "/webchat/offline",
+    tags=["webhooks"],
+    status_code=201,
+    request_max_body_size=WEBHOOK_MAX_BODY,  # a form of four short fields
+)
 async def offline_message(
     request: Request[Any, Any, Any], inbox: FromQuery[str]
 ) -> Response[dict[str, Any]]:
@@ -99,6 +105,15 @@ async def offline_message(
     cors = _cors(list(row.settings.get("allowed_origins") or []), origin)
     try:
         answer = await _accept(rt, row, await _fields(request))
+    except RequestEntityTooLarge:
+        return Response(
+            {
+                "status_code": 413,
+                "detail": f"request body too large: at most {WEBHOOK_MAX_BODY} bytes here",
+            },
+            status_code=413,
+            headers=cors,
+        )
     except ClientException as exc:
         # An error the widget on the customer's site must be able to read: with CORS headers.
         return Response(

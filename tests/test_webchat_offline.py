@@ -206,6 +206,16 @@ async def test_json_bodies_unknown_inboxes_and_foreign_origins(rt: Runtime, live
     assert await count(rt, Message) == 2
 
 
+async def test_a_body_over_the_limit_is_413_and_stores_nothing(rt: Runtime, live: LiveApp) -> None:
+    from channels.webhooks import WEBHOOK_MAX_BODY
+
+    huge = form(client_id="big") | {"message": "x" * WEBHOOK_MAX_BODY}
+    refused = await post(live, huge)
+    assert refused.status_code == 413
+    assert f"at most {WEBHOOK_MAX_BODY} bytes" in refused.json()["detail"]
+    assert await count(rt, Message) == 0
+
+
 async def post_to(live: LiveApp, inbox: str) -> httpx.Response:
     return await live.client.post("/webchat/offline", params={"inbox": inbox}, data=form())
 
