@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from contact_center.models import Conversation, CustomerIdentity, Message
+from contact_center.models import Conversation, CustomerIdentity, DomainEvent, Message
 from contact_center.runtime import Runtime
 from routing.models import AgentStatus
 from tests.helpers import Org, ingest, make_inbox, make_org, relay, sms
@@ -212,6 +212,36 @@ async def test_reconnect_resumes_with_nothing_lost_or_repeated(
     texts = [f["data"]["text"] for f in frames if f["type"] == "message.created"]
     assert texts[-2:] == ["are you there?", "hello??"]
     assert texts.count("are you there?") == 1
+
+
+async def test_a_resume_frame_replays_the_events_after_its_mark_once(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    """Connected without ?last_event_id, the client sends `resume`: every event after N, in
+    order, before new ones; a second resume repeats nothing."""
+    async with rt.db.read() as session:
+        mark = int(await session.scalar(select(func.max(DomainEvent.position))) or 0)
+    phone = "+14155550123"
+    await arrive(rt, "first", phone=phone)
+    await arrive(rt, "second", phone=phone)
+    await relay(rt)
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        hello = await recv(ws, "hello")
+        head = hello["data"]["last_event_id"]
+        assert head > mark
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # starts at the head
+        await send(ws, "resume", last_event_id=mark)
+        frames = [f for f in await drain(ws) if "id" in f]
+        ids = [f["id"] for f in frames]
+        assert ids == sorted(set(ids)) and all(mark < i <= head for i in ids)
+        texts = [f["data"]["text"] for f in frames if f["type"] == "message.created"]
+        assert texts == ["first", "second"]
+        await send(ws, "resume", last_event_id=mark)
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # nothing twice
+        await arrive(rt, "third", phone=phone)
+        await relay(rt)
+        live_frames = [f for f in await drain(ws) if f["type"] == "message.created"]
+    assert [f["data"]["text"] for f in live_frames] == ["third"]
 
 
 async def test_every_frame_is_authorized(rt: Runtime, org: Org, live: LiveApp) -> None:
