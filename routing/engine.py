@@ -383,6 +383,47 @@ def frees_or_changes_agents(env: dict[str, Any]) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- exclusions
+
+
+def add_exclusion(
+    entries: list[Any] | None, agent_id: int, *, until: datetime, since: datetime | None
+) -> list[Any]:
+    """``entries`` with ``agent_id`` held back from the task until ``until`` (or until they
+    start a new stint of availability after ``since``): a decline, a miss, a transfer away."""
+    kept = [e for e in entries or [] if _excluded_agent(e) != agent_id]
+    return [
+        *kept,
+        {
+            "agent": agent_id,
+            "until": until.timestamp(),
+            "since": since.timestamp() if since is not None else None,
+        },
+    ]
+
+
+def _excluded_agent(entry: Any) -> int:
+    return int(entry["agent"]) if isinstance(entry, dict) else int(entry)
+
+
+def exclusions(entries: list[Any] | None) -> dict[int, tuple[float, float | None]]:
+    """Agent -> (held back until, the availability stint it was recorded in). Bare ids (rows
+    written before exclusions expired) count as expired: their agents are a fallback only."""
+    out: dict[int, tuple[float, float | None]] = {}
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            out[int(entry["agent"])] = (float(entry.get("until") or 0.0), entry.get("since"))
+        else:
+            out[int(entry)] = (0.0, None)
+    return out
+
+
+def held_back(exclusion: tuple[float, float | None], now: float, available_since: float) -> bool:
+    """Still inside the cool-down, and the agent has not come back to available since."""
+    until, since = exclusion
+    return now < until and (since is None or available_since <= since)
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -409,6 +450,7 @@ class Candidate:
     load: dict[str, int]
     idle_since: float
     last_offer_at: float
+    available_since: float = NEVER  # the start of the current stint of availability
     skills: dict[str, int] = field(default_factory=dict)
     languages: set[str] = field(default_factory=set)
 
@@ -782,6 +824,7 @@ class RoutingEngine:
                     Agent.languages,
                     AgentStatus.idle_since,
                     AgentStatus.last_offer_at,
+                    AgentStatus.since,
                     released,
                 )
                 .join(AgentStatus, AgentStatus.agent_id == Agent.id)
@@ -801,13 +844,24 @@ class RoutingEngine:
             teams[agent_id].add(team_id)
         out = {}
         # Typed columns (and max() of one) come back as aware datetimes on both databases.
-        for agent_id, capacity, blocks, skills, languages, idle, offered, last_release in rows:
+        for (
+            agent_id,
+            capacity,
+            blocks,
+            skills,
+            languages,
+            idle,
+            offered,
+            since,
+            last_release,
+        ) in rows:
             out[agent_id] = Candidate(
                 agent=AgentProfile(agent_id, capacity or {}, bool(blocks)),
                 teams=teams[agent_id],
                 load=loads[agent_id],
                 idle_since=max(stamp(idle), stamp(last_release)),
                 last_offer_at=stamp(offered),
+                available_since=stamp(since),
                 skills={str(k): int(v) for k, v in (skills or {}).items()},
                 languages=set(languages or []),
             )
@@ -832,8 +886,10 @@ class RoutingEngine:
                     return False
         return True
 
-    def qualified(self, c: Candidate, task: RoutingTask, queue: Queue) -> bool:
-        if c.agent.id in (task.excluded or []):
+    def qualified(self, c: Candidate, task: RoutingTask, queue: Queue, now: datetime) -> bool:
+        """Fits, has room and is not held back from this task (a recent decline or miss)."""
+        exclusion = exclusions(task.excluded).get(c.agent.id)
+        if exclusion is not None and held_back(exclusion, now.timestamp(), c.available_since):
             return False
         if not has_room(c.agent, c.load, task.channel):
             return False
@@ -919,7 +975,7 @@ class RoutingEngine:
         sticky_id = task.sticky_agent_id
         if sticky_id is not None and task.sticky_until and task.sticky_until > now:
             sticky = candidates.get(sticky_id)
-            if sticky is not None and self.qualified(sticky, task, queue):
+            if sticky is not None and self.qualified(sticky, task, queue, now):
                 return sticky
             if sticky is not None or await self._online(session, sticky_id):
                 return None  # wait for the agent who helped last time
@@ -934,9 +990,12 @@ class RoutingEngine:
             ]
             heapq.heapify(heap)
             heaps[group] = heap
-        excluded = set(task.excluded or [])
+        # Agents who declined or missed this task: held back during their cool-down, then
+        # chosen only when nobody else who fits has room (a fallback, so it is never stranded).
+        excluded = exclusions(task.excluded)
+        at = now.timestamp()
         skipped: list[tuple[tuple[float, ...], int]] = []
-        chosen = None
+        chosen = fallback = None
         while heap:
             key, agent_id = heap[0]
             c = candidates[agent_id]
@@ -948,13 +1007,15 @@ class RoutingEngine:
                 heapq.heapreplace(heap, (current, agent_id))  # stale: re-sort and look again
                 continue
             if agent_id in excluded:
+                if fallback is None and not held_back(excluded[agent_id], at, c.available_since):
+                    fallback = c
                 skipped.append(heapq.heappop(heap))
                 continue
             chosen = c
             break
         for entry in skipped:
             heapq.heappush(heap, entry)
-        return chosen
+        return chosen or fallback
 
     async def _online(self, session: AsyncSession, agent_id: int) -> bool:
         state = await session.scalar(
@@ -1169,7 +1230,12 @@ class RoutingEngine:
             offer.status = (OfferStatus.expired if expired else OfferStatus.declined).value
             offer.answered_at = now
             task.status = TaskStatus.waiting.value
-            task.excluded = [*(task.excluded or []), offer.agent_id]
+            task.excluded = add_exclusion(
+                task.excluded,
+                offer.agent_id,
+                until=now + timedelta(seconds=self.settings.routing_reoffer_seconds),
+                since=status.since,
+            )
             events.append(
                 session,
                 f"offer.{offer.status}",
@@ -1315,7 +1381,12 @@ class RoutingEngine:
         task.sticky_agent_id = None
         task.sticky_until = None
         if by_agent_id is not None:
-            task.excluded = [by_agent_id]
+            task.excluded = add_exclusion(
+                [],
+                by_agent_id,
+                until=self.clock.now() + timedelta(seconds=self.settings.routing_reoffer_seconds),
+                since=None,
+            )
         session.add(task)
         await session.flush()
         return task

@@ -124,6 +124,53 @@ async def test_decline_reroutes_to_the_next_agent(rt: Runtime, sms_inbox: str) -
     assert await engine(rt).run_pass() == 0
 
 
+async def test_a_sole_agent_who_declined_is_offered_again_after_the_cool_down(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """One missed chance never strands a conversation: the decliner is held back for
+    CC_ROUTING_REOFFER_SECONDS (others could take it meanwhile), then offered it again."""
+    await make_queue(rt, is_default=True, offer_timeout_seconds=30)
+    solo = await make_agent(rt, "Solo")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, conv)
+    assert offer is not None and offer.agent_id == solo
+    await engine(rt).answer(offer.id, solo, accept=False)
+    cool_down = rt.settings.routing_reoffer_seconds
+    assert cool_down == 60
+    clock.advance(cool_down - 1)
+    assert await engine(rt).run_pass() == 0
+    assert await offer_for(rt, conv) is None
+    clock.advance(1)
+    assert await engine(rt).run_pass() == 1
+    again = await offer_for(rt, conv)
+    assert again is not None and again.agent_id == solo
+    await engine(rt).answer(again.id, solo, accept=True)
+    assert await assignee(rt, conv) == solo
+
+
+async def test_a_sole_agent_who_missed_it_gets_it_when_they_come_back(
+    rt: Runtime, clock: ManualClock, sms_inbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rt.settings, "routing_max_missed_offers", 1)
+    await make_queue(rt, is_default=True, offer_timeout_seconds=20)
+    solo = await make_agent(rt, "Solo")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    assert await offer_for(rt, conv) is not None
+    clock.advance(21)
+    await engine(rt).run_pass()  # the offer expires: one miss is the maximum here
+    async with rt.db.read() as session:
+        status = await session.get(AgentStatus, solo)
+    assert status is not None and (status.state, status.reason) == ("away", "missed offers")
+    assert await offer_for(rt, conv) is None
+    clock.advance(5)  # well inside the cool-down
+    await presence(rt, solo, Presence.available)
+    assert await engine(rt).run_pass() == 1
+    offer = await offer_for(rt, conv)
+    assert offer is not None and offer.agent_id == solo
+
+
 async def test_offer_timeout_reroutes_and_repeated_misses_set_the_agent_away(
     rt: Runtime, clock: ManualClock, sms_inbox: str
 ) -> None:
