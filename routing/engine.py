@@ -152,7 +152,8 @@ async def set_presence(
     reason: str | None = None,
     by_agent_id: int | None = None,
 ) -> AgentStatus:
-    """Change presence (logged for occupancy). Leaving ``available`` withdraws pending offers."""
+    """Change presence (logged for occupancy). Leaving ``available`` withdraws pending offers;
+    going ``offline`` also re-queues (or keeps) the agent's live chats, as their queue says."""
     status = await agent_status(session, agent_id, clock)
     now = clock.now()
     if status.state == state.value and status.reason == reason:
@@ -172,6 +173,11 @@ async def set_presence(
         if previous != Presence.available.value:
             status.idle_since = now
     else:
+        if state == Presence.offline:
+            # Offline, by choice or by a silent socket: the per-queue rule for live chats.
+            # (Conversations before tasks and offers: the lock order, see commit_offers.)
+            gone = "agent disconnected" if reason == "disconnected" else "agent offline"
+            await requeue_chats(session, agent_id, clock=clock, reason=gone)
         await withdraw_offers(session, clock, agent_id=agent_id, reason=f"agent {state.value}")
     await session.flush()
     events.append(
@@ -216,6 +222,137 @@ async def withdraw_offers(
             conversation_id=offer.conversation_id,
         )
     return len(offers)
+
+
+# --------------------------------------------------------------------------- tasks and assignees
+
+
+async def last_agents(session: AsyncSession, conversations: list[Conversation]) -> dict[int, int]:
+    """For sticky routing: the agent of each customer's latest other conversation."""
+    if not conversations:
+        return {}
+    by_customer = {c.customer_id: c.id for c in conversations}
+    rows = (
+        await session.execute(
+            select(Conversation.customer_id, Conversation.assignee_id, Conversation.id)
+            .where(
+                Conversation.customer_id.in_(by_customer),
+                Conversation.assignee_id.is_not(None),
+                Conversation.id.not_in(by_customer.values()),
+            )
+            .order_by(Conversation.last_message_at, Conversation.id)
+        )
+    ).all()
+    latest = {customer: agent for customer, agent, _ in rows if agent is not None}
+    return {by_customer[c]: a for c, a in latest.items()}
+
+
+def task_values(
+    conversation: Conversation,
+    kind: str,
+    queue: Queue,
+    sticky_agent: int | None,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation.id,
+        "active_conversation_id": conversation.id,
+        "queue_id": queue.id,
+        "channel": channel_class(kind).value,
+        "language": queue.language or conversation.language,
+        "status": TaskStatus.waiting.value,
+        "rank": task_rank(now, queue.priority, conversation.priority, deadline),
+        "enqueued_at": now,
+        "stage": 0,
+        "any_team_agent": False,
+        "skills_dropped": False,
+        "excluded": [],
+        "sticky_agent_id": sticky_agent,
+        "sticky_until": now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
+    }
+
+
+async def new_task(
+    session: AsyncSession, conversation: Conversation, queue: Queue, clock: Clock
+) -> RoutingTask:
+    """A task built inside the caller's transaction (transfers, re-queues)."""
+    inbox = await session.get(Inbox, conversation.inbox_id)
+    sticky = await last_agents(session, [conversation]) if queue.sticky_seconds else {}
+    due = await sla.deadlines(session, [conversation.id])
+    return RoutingTask(
+        **task_values(
+            conversation,
+            inbox.kind if inbox else "",
+            queue,
+            sticky.get(conversation.id),
+            clock.now(),
+            due.get(conversation.id),
+        )
+    )
+
+
+def set_assignee(
+    session: AsyncSession,
+    conversation: Conversation,
+    agent_id: int | None,
+    *,
+    clock: Clock,
+    reason: str,
+    **extra: Any,
+) -> None:
+    """Change the assignee and append ``conversation.assigned`` (also for unassigning:
+    then the event goes to the previous agent's stream)."""
+    previous = conversation.assignee_id
+    conversation.assignee_id = agent_id
+    conversation.updated_at = clock.now()
+    events.append(
+        session,
+        "conversation.assigned",
+        {
+            **conversation_view(conversation),
+            "previous_assignee_id": previous,
+            "reason": reason,
+            **extra,
+        },
+        clock=clock,
+        agent_id=agent_id if agent_id is not None else previous,
+        conversation_id=conversation.id,
+        customer_id=conversation.customer_id,
+    )
+
+
+async def requeue_chats(session: AsyncSession, agent_id: int, *, clock: Clock, reason: str) -> int:
+    """The agent's open live chats (not email, not calls) go back to their queue, for queues
+    with ``requeue_on_disconnect``; the others stay with the agent. Returns how many went."""
+    chats = (
+        await session.scalars(
+            select(Conversation)
+            .join(Inbox, Inbox.id == Conversation.inbox_id)
+            .where(
+                Conversation.assignee_id == agent_id,
+                Conversation.status == ConversationStatus.open.value,
+                Inbox.kind.not_in(("email", "voice")),
+            )
+            .order_by(Conversation.id)
+            .with_for_update(of=Conversation)
+        )
+    ).all()
+    moved = 0
+    for conversation in chats:
+        last = await session.scalar(
+            select(RoutingTask)
+            .where(RoutingTask.conversation_id == conversation.id)
+            .order_by(RoutingTask.id.desc())
+            .limit(1)
+        )
+        queue = await session.get(Queue, last.queue_id) if last is not None else None
+        if queue is None or not queue.requeue_on_disconnect:
+            continue
+        set_assignee(session, conversation, None, clock=clock, reason=reason)
+        session.add(await new_task(session, conversation, queue, clock))
+        moved += 1
+    return moved
 
 
 # --------------------------------------------------------------------------- loads
@@ -586,23 +723,7 @@ class RoutingEngine:
     async def _last_agents(
         self, session: AsyncSession, conversations: list[Conversation]
     ) -> dict[int, int]:
-        """For sticky routing: the agent of each customer's latest other conversation."""
-        if not conversations:
-            return {}
-        by_customer = {c.customer_id: c.id for c in conversations}
-        rows = (
-            await session.execute(
-                select(Conversation.customer_id, Conversation.assignee_id, Conversation.id)
-                .where(
-                    Conversation.customer_id.in_(by_customer),
-                    Conversation.assignee_id.is_not(None),
-                    Conversation.id.not_in(by_customer.values()),
-                )
-                .order_by(Conversation.last_message_at, Conversation.id)
-            )
-        ).all()
-        latest = {customer: agent for customer, agent, _ in rows if agent is not None}
-        return {by_customer[c]: a for c, a in latest.items()}
+        return await last_agents(session, conversations)
 
     def _task_values(
         self,
@@ -613,40 +734,12 @@ class RoutingEngine:
         now: datetime,
         deadline: datetime | None = None,
     ) -> dict[str, Any]:
-        return {
-            "conversation_id": conversation.id,
-            "active_conversation_id": conversation.id,
-            "queue_id": queue.id,
-            "channel": channel_class(kind).value,
-            "language": queue.language or conversation.language,
-            "status": TaskStatus.waiting.value,
-            "rank": task_rank(now, queue.priority, conversation.priority, deadline),
-            "enqueued_at": now,
-            "stage": 0,
-            "any_team_agent": False,
-            "skills_dropped": False,
-            "excluded": [],
-            "sticky_agent_id": sticky_agent,
-            "sticky_until": now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
-        }
+        return task_values(conversation, kind, queue, sticky_agent, now, deadline)
 
     async def _new_task(
         self, session: AsyncSession, conversation: Conversation, queue: Queue
     ) -> RoutingTask:
-        """A task built inside the caller's transaction (transfers, re-queues)."""
-        inbox = await session.get(Inbox, conversation.inbox_id)
-        sticky = await self._last_agents(session, [conversation]) if queue.sticky_seconds else {}
-        due = await sla.deadlines(session, [conversation.id])
-        return RoutingTask(
-            **self._task_values(
-                conversation,
-                inbox.kind if inbox else "",
-                queue,
-                sticky.get(conversation.id),
-                self.clock.now(),
-                due.get(conversation.id),
-            )
-        )
+        return await new_task(session, conversation, queue, self.clock)
 
     async def cancel_task(self, task_id: int, *, reason: str) -> None:
         async with self.rt.db.write() as session:
@@ -740,34 +833,12 @@ class RoutingEngine:
         return len(silent)
 
     async def agent_gone(self, agent_id: int) -> None:
-        """Offline: pending offers withdrawn; open chats re-queued where the queue says so."""
+        """Offline ("disconnected"): pending offers withdrawn; open chats re-queued or kept as
+        their queue says (``set_presence``)."""
         async with self.rt.db.write() as session:
             await set_presence(
                 session, agent_id, Presence.offline, clock=self.clock, reason="disconnected"
             )
-            chats = (
-                await session.scalars(
-                    select(Conversation)
-                    .join(Inbox, Inbox.id == Conversation.inbox_id)
-                    .where(
-                        Conversation.assignee_id == agent_id,
-                        Conversation.status == ConversationStatus.open.value,
-                        Inbox.kind.not_in(("email", "voice")),
-                    )
-                )
-            ).all()
-            for conversation in chats:
-                last = await session.scalar(
-                    select(RoutingTask)
-                    .where(RoutingTask.conversation_id == conversation.id)
-                    .order_by(RoutingTask.id.desc())
-                    .limit(1)
-                )
-                queue = await session.get(Queue, last.queue_id) if last is not None else None
-                if queue is None or not queue.requeue_on_disconnect:
-                    continue
-                await self._unassign(session, conversation, reason="agent disconnected")
-                session.add(await self._new_task(session, conversation, queue))
 
     def _set_assignee(
         self,
@@ -778,25 +849,7 @@ class RoutingEngine:
         reason: str,
         **extra: Any,
     ) -> None:
-        """Change the assignee and append ``conversation.assigned`` (also for unassigning:
-        then the event goes to the previous agent's stream)."""
-        previous = conversation.assignee_id
-        conversation.assignee_id = agent_id
-        conversation.updated_at = self.clock.now()
-        events.append(
-            session,
-            "conversation.assigned",
-            {
-                **conversation_view(conversation),
-                "previous_assignee_id": previous,
-                "reason": reason,
-                **extra,
-            },
-            clock=self.clock,
-            agent_id=agent_id if agent_id is not None else previous,
-            conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-        )
+        set_assignee(session, conversation, agent_id, clock=self.clock, reason=reason, **extra)
 
     async def _unassign(
         self, session: AsyncSession, conversation: Conversation, *, reason: str

@@ -476,6 +476,35 @@ async def test_silent_agent_goes_offline_and_their_chats_are_requeued(
     await check_invariants(rt)
 
 
+@pytest.mark.parametrize("requeue", [True, False])
+async def test_going_offline_by_choice_requeues_or_keeps_chats_as_the_queue_says(
+    rt: Runtime, clock: ManualClock, sms_inbox: str, requeue: bool
+) -> None:
+    await make_queue(rt, is_default=True, auto_accept=["chat"], requeue_on_disconnect=requeue)
+    leaving = await make_agent(rt, "Leaving")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    assert await assignee(rt, conv) == leaving
+    clock.advance(1)
+    staying = await make_agent(rt, "Staying")
+    await presence(rt, leaving, Presence.offline)  # explicitly, not a silent socket
+    await engine(rt).run_pass()
+    assert await assignee(rt, conv) == (staying if requeue else leaving)
+    async with rt.db.read() as session:
+        reasons = (
+            await session.scalars(
+                select(DomainEvent.payload).where(
+                    DomainEvent.type == "conversation.assigned",
+                    DomainEvent.conversation_id == conv,
+                )
+            )
+        ).all()
+    assert [r["reason"] for r in reasons] == (
+        ["auto-accepted", "agent offline", "auto-accepted"] if requeue else ["auto-accepted"]
+    )
+    await check_invariants(rt)
+
+
 async def test_transfer_to_agent_and_to_queue(rt: Runtime, sms_inbox: str) -> None:
     await make_queue(rt, "Front", is_default=True, auto_accept=["chat"])
     second_line = await make_queue(rt, "Second line", skills={"expert": 1})
