@@ -939,15 +939,6 @@ class RoutingEngine:
                     return False
         return True
 
-    def qualified(self, c: Candidate, task: RoutingTask, queue: Queue, now: datetime) -> bool:
-        """Fits, has room and is not held back from this task (a recent decline or miss)."""
-        exclusion = exclusions(task.excluded).get(c.agent.id)
-        if exclusion is not None and held_back(exclusion, now.timestamp(), c.available_since):
-            return False
-        if not has_room(c.agent, c.load, task.channel):
-            return False
-        return self.fits_group(c, queue, task.language, (task.skills_dropped, task.any_team_agent))
-
     @staticmethod
     def strategy_key(c: Candidate, queue: Queue, cls: str) -> tuple[float, ...]:
         """Lower is chosen first; every key ends on the agent id, so ties are reproducible."""
@@ -1027,11 +1018,23 @@ class RoutingEngine:
     ) -> Candidate | None:
         sticky_id = task.sticky_agent_id
         if sticky_id is not None and task.sticky_until and task.sticky_until > now:
+            # Wait for the agent who helped last time only while they could take it soon:
+            # available but full, or busy, and qualified. Declined or missed it, not
+            # qualified, away or offline: the task routes to anyone at once.
             sticky = candidates.get(sticky_id)
-            if sticky is not None and self.qualified(sticky, task, queue, now):
-                return sticky
-            if sticky is not None or await self._online(session, sticky_id):
-                return None  # wait for the agent who helped last time
+            if sticky is not None:
+                exclusion = exclusions(task.excluded).get(sticky_id)
+                if (
+                    exclusion is None
+                    or not held_back(exclusion, now.timestamp(), sticky.available_since)
+                ) and self.fits_group(
+                    sticky, queue, task.language, (task.skills_dropped, task.any_team_agent)
+                ):
+                    if has_room(sticky.agent, sticky.load, task.channel):
+                        return sticky
+                    return None
+            elif await self._sticky_busy(session, sticky_id, task, queue, now):
+                return None
         stage = (task.skills_dropped, task.any_team_agent)
         group = (queue.id, task.channel, task.language, stage)
         heap = heaps.get(group)
@@ -1070,11 +1073,43 @@ class RoutingEngine:
             heapq.heappush(heap, entry)
         return chosen or fallback
 
-    async def _online(self, session: AsyncSession, agent_id: int) -> bool:
-        state = await session.scalar(
-            select(AgentStatus.state).where(AgentStatus.agent_id == agent_id)
+    async def _sticky_busy(
+        self, session: AsyncSession, agent_id: int, task: RoutingTask, queue: Queue, now: datetime
+    ) -> bool:
+        """The sticky agent (not available) is ``busy``, qualified for the task, and has not
+        refused it within the cool-down: worth waiting for."""
+        row = (
+            await session.execute(
+                select(Agent, AgentStatus)
+                .join(AgentStatus, AgentStatus.agent_id == Agent.id)
+                .where(Agent.id == agent_id, Agent.is_active.is_(True))
+                .options(lazyload(Agent.teams))
+            )
+        ).first()
+        if row is None or row[1].state != Presence.busy.value:
+            return False
+        agent, _ = row
+        exclusion = exclusions(task.excluded).get(agent_id)
+        if exclusion is not None and now.timestamp() < exclusion[0]:
+            return False
+        teams = set(
+            (
+                await session.scalars(
+                    select(TeamMember.team_id).where(TeamMember.agent_id == agent_id)
+                )
+            ).all()
         )
-        return state is not None and state != Presence.offline.value
+        profile = Candidate(
+            agent=AgentProfile(agent.id, agent.capacity or {}, bool(agent.voice_blocks_chat)),
+            teams=teams,
+            load=_zero_load(),
+            idle_since=NEVER,
+            last_offer_at=NEVER,
+            skills={str(k): int(v) for k, v in (agent.skills or {}).items()},
+            languages=set(agent.languages or []),
+        )
+        stage = (task.skills_dropped, task.any_team_agent)
+        return self.fits_group(profile, queue, task.language, stage)
 
     async def offer(self, task_id: int, agent_id: int) -> Offer | None:
         """Commit one offer (see ``commit_offers``)."""

@@ -424,6 +424,69 @@ async def test_sticky_routing_returns_the_customer_to_their_agent(
     assert await assignee(rt, again) == other
 
 
+async def test_sticky_routing_waits_only_for_an_agent_who_could_take_it_soon(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """Inside the sticky window the task waits for the last agent only while they are
+    qualified and busy or full; declined, away or not qualified: the next agent at once."""
+    from contact_center.models import Agent
+
+    await make_queue(rt, is_default=True, sticky_seconds=600, skills={"general": 1})
+    helper = await make_agent(rt, "Helper", skills={"general": 1})
+    clock.advance(1)
+    other = await make_agent(rt, "Other", skills={"general": 1})
+
+    async def returning(phone: str) -> int:
+        """A customer the helper served before writes again."""
+        before = await arrive(rt, "first time", phone=phone)
+        await engine(rt).assign(before, helper, by_agent_id=None)
+        await resolve(rt, before)
+        clock.advance(1)
+        return await arrive(rt, "I am back", phone=phone)
+
+    # Declined: the other agent gets it now, not when the window ends.
+    declined = await returning("+14155550701")
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, declined)
+    assert offer is not None and offer.agent_id == helper
+    await engine(rt).answer(offer.id, helper, accept=False)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, declined)
+    assert offer is not None and offer.agent_id == other
+    await engine(rt).answer(offer.id, other, accept=True)
+    await resolve(rt, declined)
+
+    # Busy (and qualified): worth waiting for; available again: it is theirs.
+    await presence(rt, helper, Presence.busy)
+    waits = await returning("+14155550702")
+    await engine(rt).run_pass()
+    assert await offer_for(rt, waits) is None
+    await presence(rt, helper, Presence.available)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, waits)
+    assert offer is not None and offer.agent_id == helper
+    await engine(rt).answer(offer.id, helper, accept=True)
+    await resolve(rt, waits)
+
+    # Away: the other agent at once.
+    await presence(rt, helper, Presence.away, "lunch")
+    away = await returning("+14155550703")
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, away)
+    assert offer is not None and offer.agent_id == other
+
+    # Available but no longer qualified (lost the skill): the other agent at once.
+    await presence(rt, helper, Presence.available)
+    unqualified = await returning("+14155550704")
+    async with rt.db.write() as session:
+        agent = await session.get(Agent, helper)
+        assert agent is not None
+        agent.skills = {}
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, unqualified)
+    assert offer is not None and offer.agent_id == other
+
+
 async def test_agent_going_away_withdraws_offers_and_they_reroute(
     rt: Runtime, sms_inbox: str
 ) -> None:
