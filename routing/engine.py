@@ -60,7 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRIORITY_STEP = 300.0  # seconds of waiting one priority level is worth
-NO_SLA_OFFSET = 365 * 24 * 3600.0  # tasks without an SLA deadline rank after those with one
+# A task without a running response clock is ranked as if promised an answer within this long
+# (for a normal-priority conversation): one time scale with the SLA deadlines, so neither kind
+# of work can starve the other.
+DEFAULT_TARGET_SECONDS = 3600.0
 PAGE = 500
 OFFER_BATCH = 200  # offers committed per transaction
 # The longest the engine plans on an unreloaded picture of the agents. Changes to agents reload
@@ -497,13 +500,16 @@ async def routing_config(session: AsyncSession) -> tuple[dict[int, Queue], list[
 def task_rank(
     enqueued_at: datetime, queue_priority: int, priority: int, deadline: datetime | None = None
 ) -> float:
-    """Lower goes first. With an SLA response deadline: the deadline less the queue's priority
-    bonus; without: the virtual deadline (waiting time plus priority bonuses) a year later, so
-    conversations with a promise come first (docs/architecture.md §12, §14)."""
+    """Lower goes first: a deadline in epoch seconds, less the queue's priority bonus. With an
+    SLA response clock running, its deadline (the policy's target already depends on the
+    conversation's priority); without, a virtual one: ``DEFAULT_TARGET_SECONDS`` after the task
+    was queued, less a bonus per priority level above normal (a malus below). Both kinds share
+    one time scale, so an old task without a promise eventually goes before new ones with a
+    promise (docs/architecture.md §12, §14)."""
     if deadline is not None:
         return deadline.timestamp() - queue_priority * PRIORITY_STEP
-    virtual = enqueued_at.timestamp() - (queue_priority + priority) * PRIORITY_STEP
-    return virtual + NO_SLA_OFFSET
+    bonus = queue_priority + (priority - Priority.normal.value)
+    return enqueued_at.timestamp() + DEFAULT_TARGET_SECONDS - bonus * PRIORITY_STEP
 
 
 def frees_or_changes_agents(env: dict[str, Any]) -> bool:

@@ -293,6 +293,63 @@ async def test_priority_first_then_age_and_waiting_beats_starvation(
     assert await assignee(rt, fresh_urgent) is None
 
 
+async def test_work_without_an_sla_is_not_starved_by_newer_sla_work(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """SLA deadlines and plain waiting share one time scale: a conversation without a promise
+    that has waited most of DEFAULT_TARGET_SECONDS (an hour) goes before a new one due in 5
+    minutes; one that has waited less does not."""
+    from contact_center.conversations import change_conversation
+    from routing.engine import DEFAULT_TARGET_SECONDS
+    from routing.models import SlaPolicy
+    from routing.sla import service_of
+    from tests.helpers import relay
+
+    assert DEFAULT_TARGET_SECONDS == 3600
+    now = clock.now()
+    async with rt.db.write() as session:
+        session.add(
+            SlaPolicy(
+                name="Urgent in 5",
+                conditions={"priorities": ["urgent"]},
+                targets={"urgent": {"first_response": {"minutes": 5, "business": False}}},
+                escalations=[],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await make_queue(rt, is_default=True, auto_accept=["chat"])
+    old_plain = await arrive(rt, "waiting for an hour, no promise")
+    await engine(rt).run_pass()  # queued now (nobody is available)
+    clock.advance(10 * 60)
+    newer_plain = await arrive(rt, "waiting 46 minutes, no promise")
+    await engine(rt).run_pass()
+    clock.advance(46 * 60)
+    urgent = await arrive(rt, "urgent, due in 5 minutes")
+    async with rt.db.write() as session:
+        conv = await session.get(Conversation, urgent)
+        assert conv is not None
+        await change_conversation(
+            session, conv, clock=rt.clock, acting_agent_id=None, priority=Priority.urgent
+        )
+    for _ in range(2):  # clocks, tasks, then the tasks re-ranked by their deadlines
+        await relay(rt)
+        await service_of(rt).run_once()
+        await engine(rt).run_pass()
+    await make_agent(rt, "One", capacity={"chat": 1})
+    order: list[int] = []
+    for _ in range(3):
+        await engine(rt).run_pass()
+        served = [
+            c for c in (old_plain, newer_plain, urgent) if c not in order and await assignee(rt, c)
+        ]
+        assert len(served) == 1
+        order.append(served[0])
+        await resolve(rt, served[0])
+    # old: due (virtually) 4 min from now; urgent: 5 min; newer: 14 min.
+    assert order == [old_plain, urgent, newer_plain]
+
+
 @pytest.mark.parametrize("strategy", ["round_robin", "longest_idle", "least_occupied"])
 async def test_strategies_share_work_fairly(
     rt: Runtime, clock: ManualClock, sms_inbox: str, strategy: str
