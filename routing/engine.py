@@ -13,6 +13,7 @@ import contextlib
 import heapq
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,6 +92,10 @@ EVENT_TYPES = (
 
 class RoutingError(ValueError):
     """An answer or action that cannot be applied (wrong agent, stale offer, no capacity)."""
+
+
+class RoutingForbidden(RoutingError):
+    """An action this agent may not take (e.g. transferring someone else's conversation)."""
 
 
 # --------------------------------------------------------------------------- views
@@ -202,18 +207,43 @@ async def withdraw_offers(
     reason: str,
     requeue: bool = True,
 ) -> int:
-    """Withdraw pending offers (of an agent or of a task); their tasks wait again."""
-    query = select(Offer).where(Offer.status == OfferStatus.pending.value)
+    """Withdraw pending offers (of an agent or of a task); their tasks wait again. Tasks are
+    locked before their offers (the lock order: agent status, conversation, task, offer)."""
+    query = select(Offer.task_id).where(Offer.status == OfferStatus.pending.value)
     if agent_id is not None:
         query = query.where(Offer.agent_id == agent_id)
     if task_id is not None:
         query = query.where(Offer.task_id == task_id)
-    offers = (await session.scalars(query.with_for_update())).all()
+    task_ids = sorted(set((await session.scalars(query)).all()))
+    if not task_ids:
+        return 0
+    tasks = {
+        t.id: t
+        for t in (
+            await session.scalars(
+                select(RoutingTask)
+                .where(RoutingTask.id.in_(task_ids))
+                .order_by(RoutingTask.id)
+                .with_for_update()
+            )
+        ).all()
+    }
+    offers = (
+        await session.scalars(
+            select(Offer)
+            .where(Offer.task_id.in_(task_ids), Offer.status == OfferStatus.pending.value)
+            .order_by(Offer.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    if agent_id is not None:
+        offers = [o for o in offers if o.agent_id == agent_id]
     now = clock.now()
     for offer in offers:
         offer.status = OfferStatus.withdrawn.value
         offer.answered_at = now
-        task = await session.get(RoutingTask, offer.task_id)
+        task = tasks.get(offer.task_id)
         if task is not None and requeue and task.status == TaskStatus.offered:
             task.status = TaskStatus.waiting.value
         events.append(
@@ -790,10 +820,13 @@ class RoutingEngine:
             overflowing = [q.id for q in queues.values() if q.overflow]
             tasks = (
                 await session.scalars(
-                    select(RoutingTask).where(
+                    select(RoutingTask)
+                    .where(
                         RoutingTask.status == TaskStatus.waiting.value,
                         RoutingTask.queue_id.in_(overflowing),
                     )
+                    .order_by(RoutingTask.id)
+                    .with_for_update()
                 )
             ).all()
             for task in tasks:
@@ -1152,6 +1185,32 @@ class RoutingEngine:
                 ).all()
             }
             loads = await agent_loads(session, agent_ids)
+            # Conversations before tasks (the lock order everywhere: agent status,
+            # conversation, task, offer), so a direct assignment or transfer racing this
+            # commit waits instead of deadlocking. A task's conversation never changes.
+            conversation_ids = sorted(
+                set(
+                    (
+                        await session.scalars(
+                            select(RoutingTask.conversation_id).where(
+                                RoutingTask.id.in_([p.task_id for p in planned])
+                            )
+                        )
+                    ).all()
+                )
+            )
+            conversations = {
+                c.id: c
+                for c in (
+                    await session.scalars(
+                        select(Conversation)
+                        .where(Conversation.id.in_(conversation_ids))
+                        .order_by(Conversation.id)
+                        .with_for_update()
+                        .execution_options(populate_existing=True)
+                    )
+                ).all()
+            }
             tasks_table: Table = RoutingTask.__table__  # type: ignore[assignment]
             claimed = set(
                 (
@@ -1215,18 +1274,9 @@ class RoutingEngine:
             await session.flush()
             if not offers:
                 return []
-            conversations = {
-                c.id: c
-                for c in (
-                    await session.scalars(
-                        select(Conversation)
-                        .where(Conversation.id.in_([o.conversation_id for o, _ in offers]))
-                        .order_by(Conversation.id)
-                        .with_for_update()
-                    )
-                ).all()
-            }
-            summaries = await self.summaries(session, list(conversations.values()))
+            summaries = await self.summaries(
+                session, [conversations[o.conversation_id] for o, _ in offers]
+            )
             made = []
             for offer, task in offers:
                 conversation = conversations[offer.conversation_id]
@@ -1298,18 +1348,24 @@ class RoutingEngine:
     ) -> Offer:
         """An agent accepts or declines their offer; ``expired`` is the engine's timeout."""
         async with self.rt.db.write() as session:
-            offer = await session.get(Offer, offer_id, with_for_update=True)
+            # The lock order (agent status, conversation, task, offer): the offer is read
+            # first without a lock (its agent, task and conversation never change).
+            offer = await session.get(Offer, offer_id)
             if offer is None or (agent_id is not None and offer.agent_id != agent_id):
                 raise RoutingError("no such offer")
             status = await agent_status(session, offer.agent_id, self.clock)
+            conversation = await session.get(
+                Conversation, offer.conversation_id, with_for_update=True
+            )
+            task = await session.get(RoutingTask, offer.task_id, with_for_update=True)
+            assert task is not None
+            offer = await session.get(Offer, offer_id, with_for_update=True, populate_existing=True)
+            assert offer is not None
             if offer.status != OfferStatus.pending:
                 raise RoutingError(f"the offer is already {offer.status}")
             now = self.clock.now()
-            task = await session.get(RoutingTask, offer.task_id, with_for_update=True)
-            assert task is not None
             if accept and offer.expires_at <= now:
                 expired, accept = True, False
-            conversation = await session.get(Conversation, offer.conversation_id)
             if accept:
                 if (
                     conversation is None
@@ -1399,38 +1455,57 @@ class RoutingEngine:
     ) -> Conversation:
         """Assign directly (supervisor, transfer to an agent), capacity-checked."""
         async with self.rt.db.write() as session:
-            agent = await session.get(Agent, agent_id)
-            if agent is None or not agent.is_active:
-                raise RoutingError("no such agent")
-            status = await agent_status(session, agent_id, self.clock)
-            conversation = await session.get(Conversation, conversation_id, with_for_update=True)
-            if conversation is None:
-                raise RoutingError("no such conversation")
-            if conversation.assignee_id == agent_id:
-                return conversation
-            inbox = await session.get(Inbox, conversation.inbox_id)
-            cls = channel_class(inbox.kind if inbox else "")
-            load = (await agent_loads(session, [agent_id]))[agent_id]
-            if not has_room(agent, load, cls):
-                raise RoutingError(f"{agent.name} has no free {cls.value} capacity")
-            live = await session.scalar(
-                select(RoutingTask)
-                .where(RoutingTask.active_conversation_id == conversation_id)
-                .with_for_update()
+            return await self.assign_in(
+                session, conversation_id, agent_id, by_agent_id=by_agent_id, reason=reason
             )
-            if live is not None:
-                await withdraw_offers(
-                    session, self.clock, task_id=live.id, reason=reason, requeue=False
-                )
-                live.status = TaskStatus.assigned.value
-                live.agent_id = agent_id
-                live.assigned_at = live.ended_at = self.clock.now()
-                live.active_conversation_id = None
-            status.idle_since = self.clock.now()
-            self._set_assignee(
-                session, conversation, agent_id, reason=reason, by_agent_id=by_agent_id
-            )
+
+    async def assign_in(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        agent_id: int,
+        *,
+        by_agent_id: int | None,
+        reason: str = "assigned",
+        online_only: bool = False,
+        check: Callable[[Conversation], None] | None = None,
+    ) -> Conversation:
+        """``assign`` inside the caller's transaction. ``online_only`` refuses an agent who is
+        offline (transfers); ``check`` may refuse the conversation once it is locked."""
+        agent = await session.get(Agent, agent_id)
+        if agent is None or not agent.is_active:
+            raise RoutingError("no such agent")
+        status = await agent_status(session, agent_id, self.clock)
+        conversation = await session.get(Conversation, conversation_id, with_for_update=True)
+        if conversation is None:
+            raise RoutingError("no such conversation")
+        if check is not None:
+            check(conversation)
+        if conversation.assignee_id == agent_id:
             return conversation
+        if online_only and status.state == Presence.offline.value:
+            raise RoutingError(f"{agent.name} is offline: transfer to an online agent or a queue")
+        inbox = await session.get(Inbox, conversation.inbox_id)
+        cls = channel_class(inbox.kind if inbox else "")
+        load = (await agent_loads(session, [agent_id]))[agent_id]
+        if not has_room(agent, load, cls):
+            raise RoutingError(f"{agent.name} has no free {cls.value} capacity")
+        live = await session.scalar(
+            select(RoutingTask)
+            .where(RoutingTask.active_conversation_id == conversation_id)
+            .with_for_update()
+        )
+        if live is not None:
+            await withdraw_offers(
+                session, self.clock, task_id=live.id, reason=reason, requeue=False
+            )
+            live.status = TaskStatus.assigned.value
+            live.agent_id = agent_id
+            live.assigned_at = live.ended_at = self.clock.now()
+            live.active_conversation_id = None
+        status.idle_since = self.clock.now()
+        self._set_assignee(session, conversation, agent_id, reason=reason, by_agent_id=by_agent_id)
+        return conversation
 
     async def transfer_to_queue(
         self, conversation_id: int, queue_id: int, *, by_agent_id: int | None
@@ -1448,12 +1523,16 @@ class RoutingEngine:
         *,
         by_agent_id: int | None,
         reason: str = "transferred to a queue",
+        check: Callable[[Conversation], None] | None = None,
     ) -> RoutingTask:
-        """``transfer_to_queue`` inside the caller's transaction (SLA escalations)."""
+        """``transfer_to_queue`` inside the caller's transaction (SLA escalations, transfers
+        with a note); ``check`` may refuse the conversation once it is locked."""
         conversation = await session.get(Conversation, conversation_id, with_for_update=True)
         queue = await session.get(Queue, queue_id)
         if conversation is None or queue is None:
             raise RoutingError("no such conversation or queue")
+        if check is not None:
+            check(conversation)
         if conversation.status != ConversationStatus.open:
             raise RoutingError("only open conversations can be queued")
         live = await session.scalar(
