@@ -1060,19 +1060,14 @@ class RoutingEngine:
             # Wait for the agent who helped last time only while they could take it soon:
             # available but full, or busy, and qualified. Declined or missed it, not
             # qualified, away or offline: the task routes to anyone at once.
+            # (One who refused it is, after the cool-down, only a fallback of the normal pick.)
             sticky = candidates.get(sticky_id)
-            if sticky is not None:
-                exclusion = exclusions(task.excluded).get(sticky_id)
-                if (
-                    exclusion is None
-                    or not held_back(exclusion, now.timestamp(), sticky.available_since)
-                ) and self.fits_group(
-                    sticky, queue, task.language, (task.skills_dropped, task.any_team_agent)
-                ):
-                    if has_room(sticky.agent, sticky.load, task.channel):
-                        return sticky
-                    return None
-            elif await self._sticky_busy(session, sticky_id, task, queue, now):
+            stage = (task.skills_dropped, task.any_team_agent)
+            if sticky_id in exclusions(task.excluded):
+                pass  # declined or missed it: the normal pick
+            elif sticky is not None and self.fits_group(sticky, queue, task.language, stage):
+                return sticky if has_room(sticky.agent, sticky.load, task.channel) else None
+            elif sticky is None and await self._sticky_busy(session, sticky_id, task, queue):
                 return None
         stage = (task.skills_dropped, task.any_team_agent)
         group = (queue.id, task.channel, task.language, stage)
@@ -1113,10 +1108,10 @@ class RoutingEngine:
         return chosen or fallback
 
     async def _sticky_busy(
-        self, session: AsyncSession, agent_id: int, task: RoutingTask, queue: Queue, now: datetime
+        self, session: AsyncSession, agent_id: int, task: RoutingTask, queue: Queue
     ) -> bool:
-        """The sticky agent (not available) is ``busy``, qualified for the task, and has not
-        refused it within the cool-down: worth waiting for."""
+        """The sticky agent (not available) is ``busy`` and qualified for the task: worth
+        waiting for."""
         row = (
             await session.execute(
                 select(Agent, AgentStatus)
@@ -1128,9 +1123,6 @@ class RoutingEngine:
         if row is None or row[1].state != Presence.busy.value:
             return False
         agent, _ = row
-        exclusion = exclusions(task.excluded).get(agent_id)
-        if exclusion is not None and now.timestamp() < exclusion[0]:
-            return False
         teams = set(
             (
                 await session.scalars(
