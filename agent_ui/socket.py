@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -77,11 +78,16 @@ class AgentSession:
         self.rt = rt
         self.socket = socket
         self.agent = agent
+        # Events in (floor, sent_upto] have been dealt with on this connection (sent, or not
+        # this agent's); a `resume` further back replays (N, floor] and lowers the floor.
         self.sent_upto = 0
+        self.floor = 0
         self.token_id = 0
         self.bucket = Bucket(RATE, BURST)
         self._visible: dict[int, bool] = {}
         self._send_lock = asyncio.Lock()
+        # Held while events are streamed (live or replayed), so a replay is never interleaved.
+        self._stream_lock = asyncio.Lock()
 
     @property
     def sees_everything(self) -> bool:
@@ -118,36 +124,67 @@ class AgentSession:
         return False
 
     async def send_event(self, env: dict[str, Any]) -> None:
-        position = int(env.get("id") or 0)
-        if position <= self.sent_upto:
-            return  # seen already: the relay may publish twice, the backlog overlaps live
+        """A live event (or one of the backlog after the mark): sent once, in order."""
+        async with self._stream_lock:
+            position = int(env.get("id") or 0)
+            if position <= self.sent_upto:
+                return  # seen already: the relay may publish twice, the backlog overlaps live
+            await self._emit(env)
+            self.sent_upto = position
+
+    async def _emit(self, env: dict[str, Any]) -> None:
         if await self.wants(env):
             kind = str(env["type"])
             await self.send(
                 {
                     "type": WIRE_TYPE.get(kind, kind),
-                    "id": position,
+                    "id": int(env.get("id") or 0),
                     "conversation_id": env.get("conversation_id"),
                     "data": env.get("data") or {},
                 }
             )
-        self.sent_upto = position
 
     async def backlog(self, after: int) -> None:
         """Every event after ``after`` this agent may see, in order (then live ones follow)."""
+        await self._events(after, None, self.send_event)
+
+    async def resume(self, after: int) -> None:
+        """The `resume` frame: the events after ``after`` this connection has not dealt with,
+        in order, before any further live event. Those below the floor (the connection's
+        starting point) were never sent and are replayed; those above it were already sent
+        (or were not this agent's) and are not sent twice. A mark beyond what was sent (the
+        client has those from elsewhere) skips up to it, never past the current head."""
+        async with self._stream_lock:
+            if after < self.floor:
+                await self._events(after, self.floor, self._emit)
+                self.floor = after
+            elif after > self.sent_upto:
+                async with self.rt.db.read() as session:
+                    head = int(await session.scalar(select(func.max(DomainEvent.position))) or 0)
+                self.sent_upto = max(self.sent_upto, min(after, head))
+        await self.backlog(self.sent_upto)  # anything committed meanwhile, before live ones
+
+    async def _events(
+        self,
+        after: int,
+        upto: int | None,
+        emit: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Hand the stored events in (after, upto] (no upper bound: None) to ``emit``, in order."""
         types = PERSONAL | CONVERSATION | SLA
         while True:
+            query = (
+                select(DomainEvent)
+                .where(DomainEvent.position > after, DomainEvent.type.in_(types))
+                .order_by(DomainEvent.position)
+                .limit(BACKLOG_PAGE)
+            )
+            if upto is not None:
+                query = query.where(DomainEvent.position <= upto)
             async with self.rt.db.read() as session:
-                rows = (
-                    await session.scalars(
-                        select(DomainEvent)
-                        .where(DomainEvent.position > after, DomainEvent.type.in_(types))
-                        .order_by(DomainEvent.position)
-                        .limit(BACKLOG_PAGE)
-                    )
-                ).all()
+                rows = (await session.scalars(query)).all()
             for event in rows:
-                await self.send_event(
+                await emit(
                     {
                         "type": event.type,
                         "id": event.position,
@@ -228,7 +265,7 @@ class AgentSession:
             await self.heartbeat()
             await self.send({"type": "pong", "data": {}})
         elif kind == "resume":
-            await self.backlog(_int(data, "last_event_id", minimum=0))
+            await self.resume(_int(data, "last_event_id", minimum=0))
         elif kind == "presence.set":
             await self.presence(data)
         elif kind in ("offer.accept", "offer.decline"):
@@ -363,7 +400,7 @@ async def agent_socket(socket: WebSocket[Any, Any, Any]) -> None:
                 after = max(0, min(int(raw_after), head))
             except ValueError:
                 after = head
-        session.sent_upto = after
+        session.sent_upto = session.floor = after
         await session.backlog(after)
         session.sent_upto = max(session.sent_upto, head)
         await _pump(session, live)

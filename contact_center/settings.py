@@ -46,10 +46,14 @@ class Settings(BaseSettings):
     # A send claimed longer ago than this is considered interrupted (its worker died).
     send_lease_seconds: float = Field(default=300.0, gt=0)
     relay_interval_seconds: float = Field(default=0.25, gt=0)
-    # Routing: the engine's tick, offers an agent may miss in a row before being set away, and
-    # how long a silent agent websocket is tolerated before the agent goes offline.
+    # Routing: the engine's tick, offers an agent may miss in a row before being set away, the
+    # re-offer cool-down after a decline or miss, and how long a silent agent websocket is
+    # tolerated before the agent goes offline.
     routing_tick_seconds: float = Field(default=1.0, gt=0)
     routing_max_missed_offers: int = Field(default=3, ge=1)
+    # An agent who declined or missed a task is not offered it again for this long (while
+    # others may take it), unless they come back to available meanwhile.
+    routing_reoffer_seconds: float = Field(default=60.0, ge=0)
     agent_grace_seconds: float = Field(default=60.0, gt=0)
     rq_queue: str = "contact-center"
     # Metrics and the wallboard (docs/metrics.md): service level X/T (the share answered within

@@ -74,10 +74,15 @@ async def serve_frames(
         while not tasks[0].done():
             raw = await receive()
             if len(raw) > max_frame:
-                await send({"type": "error", "data": {"code": "too_large"}})
+                message = f"a frame is at most {max_frame} bytes"
+                await send({"type": "error", "data": {"code": "too_large", "message": message}})
                 continue
             if not bucket.take():
-                await send({"type": "error", "data": {"code": "rate_limited"}})
+                message = (
+                    f"too many frames: at most {bucket.rate:g} a second, in bursts of "
+                    f"{bucket.burst:g}; this one was dropped"
+                )
+                await send({"type": "error", "data": {"code": "rate_limited", "message": message}})
                 continue
             kind = None
             try:

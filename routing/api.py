@@ -13,10 +13,17 @@ from sqlalchemy.exc import IntegrityError
 
 from contact_center.api.common import current_agent, runtime_of, visible_conversation
 from contact_center.auth import require
-from contact_center.models import Agent, Role, Team
+from contact_center.models import Agent, Conversation, Role, Team
 from contact_center.outbound import ReplyError, reply
 from contact_center.views import conversation_view, ts
-from routing.engine import RoutingError, agent_loads, engine_of, set_presence, status_view
+from routing.engine import (
+    RoutingError,
+    RoutingForbidden,
+    agent_loads,
+    engine_of,
+    set_presence,
+    status_view,
+)
 from routing.models import AgentStatus, ChannelClass, Presence, Queue, RoutingRule
 
 StrategyName = Literal["longest_idle", "least_occupied", "round_robin", "best_match"]
@@ -380,23 +387,39 @@ class RoutingController(Controller):
         async with rt.db.read() as session:
             await visible_conversation(session, me, conversation_id)
         engine = engine_of(rt)
+        override = Role(me.role).rank >= Role.supervisor.rank
+
+        def may_transfer(conversation: Conversation) -> None:
+            if conversation.assignee_id not in (None, me.id) and not override:
+                raise RoutingForbidden(
+                    "only the assignee, a supervisor or an admin may transfer this conversation"
+                )
+
+        # One transaction: the transfer and its note are applied together or not at all.
         try:
-            if data.agent_id is not None:
-                await engine.assign(
-                    conversation_id, data.agent_id, by_agent_id=me.id, reason="transferred"
-                )
-                result: dict[str, Any] = {"agent_id": data.agent_id}
-            else:
-                assert data.queue_id is not None
-                task = await engine.transfer_to_queue(
-                    conversation_id, data.queue_id, by_agent_id=me.id
-                )
-                result = {"queue_id": task.queue_id, "task_id": task.id}
-        except RoutingError as exc:
-            raise ClientException(str(exc), status_code=409) from None
-        if data.note and data.note.strip():
             async with rt.db.write() as session:
-                try:
+                if data.agent_id is not None:
+                    await engine.assign_in(
+                        session,
+                        conversation_id,
+                        data.agent_id,
+                        by_agent_id=me.id,
+                        reason="transferred",
+                        online_only=True,
+                        check=may_transfer,
+                    )
+                    result: dict[str, Any] = {"agent_id": data.agent_id}
+                else:
+                    assert data.queue_id is not None
+                    task = await engine.transfer_to_queue_in(
+                        session,
+                        conversation_id,
+                        data.queue_id,
+                        by_agent_id=me.id,
+                        check=may_transfer,
+                    )
+                    result = {"queue_id": task.queue_id, "task_id": task.id}
+                if data.note and data.note.strip():
                     await reply(
                         session,
                         conversation_id=conversation_id,
@@ -405,8 +428,12 @@ class RoutingController(Controller):
                         private=True,
                         clock=rt.clock,
                     )
-                except ReplyError as exc:
-                    raise ClientException(str(exc)) from None
+        except RoutingForbidden as exc:
+            raise PermissionDeniedException(str(exc)) from None
+        except RoutingError as exc:
+            raise ClientException(str(exc), status_code=409) from None
+        except ReplyError as exc:
+            raise ClientException(str(exc)) from None
         await rt.committed()
         return {"conversation_id": conversation_id, **result}
 

@@ -13,6 +13,7 @@ import contextlib
 import heapq
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,7 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRIORITY_STEP = 300.0  # seconds of waiting one priority level is worth
-NO_SLA_OFFSET = 365 * 24 * 3600.0  # tasks without an SLA deadline rank after those with one
+# A task without a running response clock is ranked as if promised an answer within this long
+# (for a normal-priority conversation): one time scale with the SLA deadlines, so neither kind
+# of work can starve the other.
+DEFAULT_TARGET_SECONDS = 3600.0
 PAGE = 500
 OFFER_BATCH = 200  # offers committed per transaction
 # The longest the engine plans on an unreloaded picture of the agents. Changes to agents reload
@@ -88,6 +92,10 @@ EVENT_TYPES = (
 
 class RoutingError(ValueError):
     """An answer or action that cannot be applied (wrong agent, stale offer, no capacity)."""
+
+
+class RoutingForbidden(RoutingError):
+    """An action this agent may not take (e.g. transferring someone else's conversation)."""
 
 
 # --------------------------------------------------------------------------- views
@@ -152,7 +160,8 @@ async def set_presence(
     reason: str | None = None,
     by_agent_id: int | None = None,
 ) -> AgentStatus:
-    """Change presence (logged for occupancy). Leaving ``available`` withdraws pending offers."""
+    """Change presence (logged for occupancy). Leaving ``available`` withdraws pending offers;
+    going ``offline`` also re-queues (or keeps) the agent's live chats, as their queue says."""
     status = await agent_status(session, agent_id, clock)
     now = clock.now()
     if status.state == state.value and status.reason == reason:
@@ -172,6 +181,11 @@ async def set_presence(
         if previous != Presence.available.value:
             status.idle_since = now
     else:
+        if state == Presence.offline:
+            # Offline, by choice or by a silent socket: the per-queue rule for live chats.
+            # (Conversations before tasks and offers: the lock order, see commit_offers.)
+            gone = "agent disconnected" if reason == "disconnected" else "agent offline"
+            await requeue_chats(session, agent_id, clock=clock, reason=gone)
         await withdraw_offers(session, clock, agent_id=agent_id, reason=f"agent {state.value}")
     await session.flush()
     events.append(
@@ -193,18 +207,43 @@ async def withdraw_offers(
     reason: str,
     requeue: bool = True,
 ) -> int:
-    """Withdraw pending offers (of an agent or of a task); their tasks wait again."""
-    query = select(Offer).where(Offer.status == OfferStatus.pending.value)
+    """Withdraw pending offers (of an agent or of a task); their tasks wait again. Tasks are
+    locked before their offers (the lock order: agent status, conversation, task, offer)."""
+    query = select(Offer.task_id).where(Offer.status == OfferStatus.pending.value)
     if agent_id is not None:
         query = query.where(Offer.agent_id == agent_id)
     if task_id is not None:
         query = query.where(Offer.task_id == task_id)
-    offers = (await session.scalars(query.with_for_update())).all()
+    task_ids = sorted(set((await session.scalars(query)).all()))
+    if not task_ids:
+        return 0
+    tasks = {
+        t.id: t
+        for t in (
+            await session.scalars(
+                select(RoutingTask)
+                .where(RoutingTask.id.in_(task_ids))
+                .order_by(RoutingTask.id)
+                .with_for_update()
+            )
+        ).all()
+    }
+    offers = (
+        await session.scalars(
+            select(Offer)
+            .where(Offer.task_id.in_(task_ids), Offer.status == OfferStatus.pending.value)
+            .order_by(Offer.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    if agent_id is not None:
+        offers = [o for o in offers if o.agent_id == agent_id]
     now = clock.now()
     for offer in offers:
         offer.status = OfferStatus.withdrawn.value
         offer.answered_at = now
-        task = await session.get(RoutingTask, offer.task_id)
+        task = tasks.get(offer.task_id)
         if task is not None and requeue and task.status == TaskStatus.offered:
             task.status = TaskStatus.waiting.value
         events.append(
@@ -216,6 +255,137 @@ async def withdraw_offers(
             conversation_id=offer.conversation_id,
         )
     return len(offers)
+
+
+# --------------------------------------------------------------------------- tasks and assignees
+
+
+async def last_agents(session: AsyncSession, conversations: list[Conversation]) -> dict[int, int]:
+    """For sticky routing: the agent of each customer's latest other conversation."""
+    if not conversations:
+        return {}
+    by_customer = {c.customer_id: c.id for c in conversations}
+    rows = (
+        await session.execute(
+            select(Conversation.customer_id, Conversation.assignee_id, Conversation.id)
+            .where(
+                Conversation.customer_id.in_(by_customer),
+                Conversation.assignee_id.is_not(None),
+                Conversation.id.not_in(by_customer.values()),
+            )
+            .order_by(Conversation.last_message_at, Conversation.id)
+        )
+    ).all()
+    latest = {customer: agent for customer, agent, _ in rows if agent is not None}
+    return {by_customer[c]: a for c, a in latest.items()}
+
+
+def task_values(
+    conversation: Conversation,
+    kind: str,
+    queue: Queue,
+    sticky_agent: int | None,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation.id,
+        "active_conversation_id": conversation.id,
+        "queue_id": queue.id,
+        "channel": channel_class(kind).value,
+        "language": queue.language or conversation.language,
+        "status": TaskStatus.waiting.value,
+        "rank": task_rank(now, queue.priority, conversation.priority, deadline),
+        "enqueued_at": now,
+        "stage": 0,
+        "any_team_agent": False,
+        "skills_dropped": False,
+        "excluded": [],
+        "sticky_agent_id": sticky_agent,
+        "sticky_until": now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
+    }
+
+
+async def new_task(
+    session: AsyncSession, conversation: Conversation, queue: Queue, clock: Clock
+) -> RoutingTask:
+    """A task built inside the caller's transaction (transfers, re-queues)."""
+    inbox = await session.get(Inbox, conversation.inbox_id)
+    sticky = await last_agents(session, [conversation]) if queue.sticky_seconds else {}
+    due = await sla.deadlines(session, [conversation.id])
+    return RoutingTask(
+        **task_values(
+            conversation,
+            inbox.kind if inbox else "",
+            queue,
+            sticky.get(conversation.id),
+            clock.now(),
+            due.get(conversation.id),
+        )
+    )
+
+
+def set_assignee(
+    session: AsyncSession,
+    conversation: Conversation,
+    agent_id: int | None,
+    *,
+    clock: Clock,
+    reason: str,
+    **extra: Any,
+) -> None:
+    """Change the assignee and append ``conversation.assigned`` (also for unassigning:
+    then the event goes to the previous agent's stream)."""
+    previous = conversation.assignee_id
+    conversation.assignee_id = agent_id
+    conversation.updated_at = clock.now()
+    events.append(
+        session,
+        "conversation.assigned",
+        {
+            **conversation_view(conversation),
+            "previous_assignee_id": previous,
+            "reason": reason,
+            **extra,
+        },
+        clock=clock,
+        agent_id=agent_id if agent_id is not None else previous,
+        conversation_id=conversation.id,
+        customer_id=conversation.customer_id,
+    )
+
+
+async def requeue_chats(session: AsyncSession, agent_id: int, *, clock: Clock, reason: str) -> int:
+    """The agent's open live chats (not email, not calls) go back to their queue, for queues
+    with ``requeue_on_disconnect``; the others stay with the agent. Returns how many went."""
+    chats = (
+        await session.scalars(
+            select(Conversation)
+            .join(Inbox, Inbox.id == Conversation.inbox_id)
+            .where(
+                Conversation.assignee_id == agent_id,
+                Conversation.status == ConversationStatus.open.value,
+                Inbox.kind.not_in(("email", "voice")),
+            )
+            .order_by(Conversation.id)
+            .with_for_update(of=Conversation)
+        )
+    ).all()
+    moved = 0
+    for conversation in chats:
+        last = await session.scalar(
+            select(RoutingTask)
+            .where(RoutingTask.conversation_id == conversation.id)
+            .order_by(RoutingTask.id.desc())
+            .limit(1)
+        )
+        queue = await session.get(Queue, last.queue_id) if last is not None else None
+        if queue is None or not queue.requeue_on_disconnect:
+            continue
+        set_assignee(session, conversation, None, clock=clock, reason=reason)
+        session.add(await new_task(session, conversation, queue, clock))
+        moved += 1
+    return moved
 
 
 # --------------------------------------------------------------------------- loads
@@ -360,13 +530,16 @@ async def routing_config(session: AsyncSession) -> tuple[dict[int, Queue], list[
 def task_rank(
     enqueued_at: datetime, queue_priority: int, priority: int, deadline: datetime | None = None
 ) -> float:
-    """Lower goes first. With an SLA response deadline: the deadline less the queue's priority
-    bonus; without: the virtual deadline (waiting time plus priority bonuses) a year later, so
-    conversations with a promise come first (docs/architecture.md §12, §14)."""
+    """Lower goes first: a deadline in epoch seconds, less the queue's priority bonus. With an
+    SLA response clock running, its deadline (the policy's target already depends on the
+    conversation's priority); without, a virtual one: ``DEFAULT_TARGET_SECONDS`` after the task
+    was queued, less a bonus per priority level above normal (a malus below). Both kinds share
+    one time scale, so an old task without a promise eventually goes before new ones with a
+    promise (docs/architecture.md §12, §14)."""
     if deadline is not None:
         return deadline.timestamp() - queue_priority * PRIORITY_STEP
-    virtual = enqueued_at.timestamp() - (queue_priority + priority) * PRIORITY_STEP
-    return virtual + NO_SLA_OFFSET
+    bonus = queue_priority + (priority - Priority.normal.value)
+    return enqueued_at.timestamp() + DEFAULT_TARGET_SECONDS - bonus * PRIORITY_STEP
 
 
 def frees_or_changes_agents(env: dict[str, Any]) -> bool:
@@ -381,6 +554,47 @@ def frees_or_changes_agents(env: dict[str, Any]) -> bool:
     if kind == "conversation.assigned":
         return data.get("reason") not in ("accepted", "auto-accepted")
     return False
+
+
+# --------------------------------------------------------------------------- exclusions
+
+
+def add_exclusion(
+    entries: list[Any] | None, agent_id: int, *, until: datetime, since: datetime | None
+) -> list[Any]:
+    """``entries`` with ``agent_id`` held back from the task until ``until`` (or until they
+    start a new stint of availability after ``since``): a decline, a miss, a transfer away."""
+    kept = [e for e in entries or [] if _excluded_agent(e) != agent_id]
+    return [
+        *kept,
+        {
+            "agent": agent_id,
+            "until": until.timestamp(),
+            "since": since.timestamp() if since is not None else None,
+        },
+    ]
+
+
+def _excluded_agent(entry: Any) -> int:
+    return int(entry["agent"]) if isinstance(entry, dict) else int(entry)
+
+
+def exclusions(entries: list[Any] | None) -> dict[int, tuple[float, float | None]]:
+    """Agent -> (held back until, the availability stint it was recorded in). Bare ids (rows
+    written before exclusions expired) count as expired: their agents are a fallback only."""
+    out: dict[int, tuple[float, float | None]] = {}
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            out[int(entry["agent"])] = (float(entry.get("until") or 0.0), entry.get("since"))
+        else:
+            out[int(entry)] = (0.0, None)
+    return out
+
+
+def held_back(exclusion: tuple[float, float | None], now: float, available_since: float) -> bool:
+    """Still inside the cool-down, and the agent has not come back to available since."""
+    until, since = exclusion
+    return now < until and (since is None or available_since <= since)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -409,6 +623,7 @@ class Candidate:
     load: dict[str, int]
     idle_since: float
     last_offer_at: float
+    available_since: float = NEVER  # the start of the current stint of availability
     skills: dict[str, int] = field(default_factory=dict)
     languages: set[str] = field(default_factory=set)
 
@@ -544,23 +759,7 @@ class RoutingEngine:
     async def _last_agents(
         self, session: AsyncSession, conversations: list[Conversation]
     ) -> dict[int, int]:
-        """For sticky routing: the agent of each customer's latest other conversation."""
-        if not conversations:
-            return {}
-        by_customer = {c.customer_id: c.id for c in conversations}
-        rows = (
-            await session.execute(
-                select(Conversation.customer_id, Conversation.assignee_id, Conversation.id)
-                .where(
-                    Conversation.customer_id.in_(by_customer),
-                    Conversation.assignee_id.is_not(None),
-                    Conversation.id.not_in(by_customer.values()),
-                )
-                .order_by(Conversation.last_message_at, Conversation.id)
-            )
-        ).all()
-        latest = {customer: agent for customer, agent, _ in rows if agent is not None}
-        return {by_customer[c]: a for c, a in latest.items()}
+        return await last_agents(session, conversations)
 
     def _task_values(
         self,
@@ -571,40 +770,12 @@ class RoutingEngine:
         now: datetime,
         deadline: datetime | None = None,
     ) -> dict[str, Any]:
-        return {
-            "conversation_id": conversation.id,
-            "active_conversation_id": conversation.id,
-            "queue_id": queue.id,
-            "channel": channel_class(kind).value,
-            "language": queue.language or conversation.language,
-            "status": TaskStatus.waiting.value,
-            "rank": task_rank(now, queue.priority, conversation.priority, deadline),
-            "enqueued_at": now,
-            "stage": 0,
-            "any_team_agent": False,
-            "skills_dropped": False,
-            "excluded": [],
-            "sticky_agent_id": sticky_agent,
-            "sticky_until": now + timedelta(seconds=queue.sticky_seconds) if sticky_agent else None,
-        }
+        return task_values(conversation, kind, queue, sticky_agent, now, deadline)
 
     async def _new_task(
         self, session: AsyncSession, conversation: Conversation, queue: Queue
     ) -> RoutingTask:
-        """A task built inside the caller's transaction (transfers, re-queues)."""
-        inbox = await session.get(Inbox, conversation.inbox_id)
-        sticky = await self._last_agents(session, [conversation]) if queue.sticky_seconds else {}
-        due = await sla.deadlines(session, [conversation.id])
-        return RoutingTask(
-            **self._task_values(
-                conversation,
-                inbox.kind if inbox else "",
-                queue,
-                sticky.get(conversation.id),
-                self.clock.now(),
-                due.get(conversation.id),
-            )
-        )
+        return await new_task(session, conversation, queue, self.clock)
 
     async def cancel_task(self, task_id: int, *, reason: str) -> None:
         async with self.rt.db.write() as session:
@@ -649,10 +820,13 @@ class RoutingEngine:
             overflowing = [q.id for q in queues.values() if q.overflow]
             tasks = (
                 await session.scalars(
-                    select(RoutingTask).where(
+                    select(RoutingTask)
+                    .where(
                         RoutingTask.status == TaskStatus.waiting.value,
                         RoutingTask.queue_id.in_(overflowing),
                     )
+                    .order_by(RoutingTask.id)
+                    .with_for_update()
                 )
             ).all()
             for task in tasks:
@@ -698,34 +872,12 @@ class RoutingEngine:
         return len(silent)
 
     async def agent_gone(self, agent_id: int) -> None:
-        """Offline: pending offers withdrawn; open chats re-queued where the queue says so."""
+        """Offline ("disconnected"): pending offers withdrawn; open chats re-queued or kept as
+        their queue says (``set_presence``)."""
         async with self.rt.db.write() as session:
             await set_presence(
                 session, agent_id, Presence.offline, clock=self.clock, reason="disconnected"
             )
-            chats = (
-                await session.scalars(
-                    select(Conversation)
-                    .join(Inbox, Inbox.id == Conversation.inbox_id)
-                    .where(
-                        Conversation.assignee_id == agent_id,
-                        Conversation.status == ConversationStatus.open.value,
-                        Inbox.kind.not_in(("email", "voice")),
-                    )
-                )
-            ).all()
-            for conversation in chats:
-                last = await session.scalar(
-                    select(RoutingTask)
-                    .where(RoutingTask.conversation_id == conversation.id)
-                    .order_by(RoutingTask.id.desc())
-                    .limit(1)
-                )
-                queue = await session.get(Queue, last.queue_id) if last is not None else None
-                if queue is None or not queue.requeue_on_disconnect:
-                    continue
-                await self._unassign(session, conversation, reason="agent disconnected")
-                session.add(await self._new_task(session, conversation, queue))
 
     def _set_assignee(
         self,
@@ -736,25 +888,7 @@ class RoutingEngine:
         reason: str,
         **extra: Any,
     ) -> None:
-        """Change the assignee and append ``conversation.assigned`` (also for unassigning:
-        then the event goes to the previous agent's stream)."""
-        previous = conversation.assignee_id
-        conversation.assignee_id = agent_id
-        conversation.updated_at = self.clock.now()
-        events.append(
-            session,
-            "conversation.assigned",
-            {
-                **conversation_view(conversation),
-                "previous_assignee_id": previous,
-                "reason": reason,
-                **extra,
-            },
-            clock=self.clock,
-            agent_id=agent_id if agent_id is not None else previous,
-            conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-        )
+        set_assignee(session, conversation, agent_id, clock=self.clock, reason=reason, **extra)
 
     async def _unassign(
         self, session: AsyncSession, conversation: Conversation, *, reason: str
@@ -782,6 +916,7 @@ class RoutingEngine:
                     Agent.languages,
                     AgentStatus.idle_since,
                     AgentStatus.last_offer_at,
+                    AgentStatus.since,
                     released,
                 )
                 .join(AgentStatus, AgentStatus.agent_id == Agent.id)
@@ -801,13 +936,24 @@ class RoutingEngine:
             teams[agent_id].add(team_id)
         out = {}
         # Typed columns (and max() of one) come back as aware datetimes on both databases.
-        for agent_id, capacity, blocks, skills, languages, idle, offered, last_release in rows:
+        for (
+            agent_id,
+            capacity,
+            blocks,
+            skills,
+            languages,
+            idle,
+            offered,
+            since,
+            last_release,
+        ) in rows:
             out[agent_id] = Candidate(
                 agent=AgentProfile(agent_id, capacity or {}, bool(blocks)),
                 teams=teams[agent_id],
                 load=loads[agent_id],
                 idle_since=max(stamp(idle), stamp(last_release)),
                 last_offer_at=stamp(offered),
+                available_since=stamp(since),
                 skills={str(k): int(v) for k, v in (skills or {}).items()},
                 languages=set(languages or []),
             )
@@ -831,13 +977,6 @@ class RoutingEngine:
                 if c.skills.get(skill, 0) < int(level):
                     return False
         return True
-
-    def qualified(self, c: Candidate, task: RoutingTask, queue: Queue) -> bool:
-        if c.agent.id in (task.excluded or []):
-            return False
-        if not has_room(c.agent, c.load, task.channel):
-            return False
-        return self.fits_group(c, queue, task.language, (task.skills_dropped, task.any_team_agent))
 
     @staticmethod
     def strategy_key(c: Candidate, queue: Queue, cls: str) -> tuple[float, ...]:
@@ -918,11 +1057,18 @@ class RoutingEngine:
     ) -> Candidate | None:
         sticky_id = task.sticky_agent_id
         if sticky_id is not None and task.sticky_until and task.sticky_until > now:
+            # Wait for the agent who helped last time only while they could take it soon:
+            # available but full, or busy, and qualified. Declined or missed it, not
+            # qualified, away or offline: the task routes to anyone at once.
+            # (One who refused it is, after the cool-down, only a fallback of the normal pick.)
             sticky = candidates.get(sticky_id)
-            if sticky is not None and self.qualified(sticky, task, queue):
-                return sticky
-            if sticky is not None or await self._online(session, sticky_id):
-                return None  # wait for the agent who helped last time
+            stage = (task.skills_dropped, task.any_team_agent)
+            if sticky_id in exclusions(task.excluded):
+                pass  # declined or missed it: the normal pick
+            elif sticky is not None and self.fits_group(sticky, queue, task.language, stage):
+                return sticky if has_room(sticky.agent, sticky.load, task.channel) else None
+            elif sticky is None and await self._sticky_busy(session, sticky_id, task, queue):
+                return None
         stage = (task.skills_dropped, task.any_team_agent)
         group = (queue.id, task.channel, task.language, stage)
         heap = heaps.get(group)
@@ -934,9 +1080,12 @@ class RoutingEngine:
             ]
             heapq.heapify(heap)
             heaps[group] = heap
-        excluded = set(task.excluded or [])
+        # Agents who declined or missed this task: held back during their cool-down, then
+        # chosen only when nobody else who fits has room (a fallback, so it is never stranded).
+        excluded = exclusions(task.excluded)
+        at = now.timestamp()
         skipped: list[tuple[tuple[float, ...], int]] = []
-        chosen = None
+        chosen = fallback = None
         while heap:
             key, agent_id = heap[0]
             c = candidates[agent_id]
@@ -948,19 +1097,50 @@ class RoutingEngine:
                 heapq.heapreplace(heap, (current, agent_id))  # stale: re-sort and look again
                 continue
             if agent_id in excluded:
+                if fallback is None and not held_back(excluded[agent_id], at, c.available_since):
+                    fallback = c
                 skipped.append(heapq.heappop(heap))
                 continue
             chosen = c
             break
         for entry in skipped:
             heapq.heappush(heap, entry)
-        return chosen
+        return chosen or fallback
 
-    async def _online(self, session: AsyncSession, agent_id: int) -> bool:
-        state = await session.scalar(
-            select(AgentStatus.state).where(AgentStatus.agent_id == agent_id)
+    async def _sticky_busy(
+        self, session: AsyncSession, agent_id: int, task: RoutingTask, queue: Queue
+    ) -> bool:
+        """The sticky agent (not available) is ``busy`` and qualified for the task: worth
+        waiting for."""
+        row = (
+            await session.execute(
+                select(Agent, AgentStatus)
+                .join(AgentStatus, AgentStatus.agent_id == Agent.id)
+                .where(Agent.id == agent_id, Agent.is_active.is_(True))
+                .options(lazyload(Agent.teams))
+            )
+        ).first()
+        if row is None or row[1].state != Presence.busy.value:
+            return False
+        agent, _ = row
+        teams = set(
+            (
+                await session.scalars(
+                    select(TeamMember.team_id).where(TeamMember.agent_id == agent_id)
+                )
+            ).all()
         )
-        return state is not None and state != Presence.offline.value
+        profile = Candidate(
+            agent=AgentProfile(agent.id, agent.capacity or {}, bool(agent.voice_blocks_chat)),
+            teams=teams,
+            load=_zero_load(),
+            idle_since=NEVER,
+            last_offer_at=NEVER,
+            skills={str(k): int(v) for k, v in (agent.skills or {}).items()},
+            languages=set(agent.languages or []),
+        )
+        stage = (task.skills_dropped, task.any_team_agent)
+        return self.fits_group(profile, queue, task.language, stage)
 
     async def offer(self, task_id: int, agent_id: int) -> Offer | None:
         """Commit one offer (see ``commit_offers``)."""
@@ -997,6 +1177,32 @@ class RoutingEngine:
                 ).all()
             }
             loads = await agent_loads(session, agent_ids)
+            # Conversations before tasks (the lock order everywhere: agent status,
+            # conversation, task, offer), so a direct assignment or transfer racing this
+            # commit waits instead of deadlocking. A task's conversation never changes.
+            conversation_ids = sorted(
+                set(
+                    (
+                        await session.scalars(
+                            select(RoutingTask.conversation_id).where(
+                                RoutingTask.id.in_([p.task_id for p in planned])
+                            )
+                        )
+                    ).all()
+                )
+            )
+            conversations = {
+                c.id: c
+                for c in (
+                    await session.scalars(
+                        select(Conversation)
+                        .where(Conversation.id.in_(conversation_ids))
+                        .order_by(Conversation.id)
+                        .with_for_update()
+                        .execution_options(populate_existing=True)
+                    )
+                ).all()
+            }
             tasks_table: Table = RoutingTask.__table__  # type: ignore[assignment]
             claimed = set(
                 (
@@ -1060,18 +1266,9 @@ class RoutingEngine:
             await session.flush()
             if not offers:
                 return []
-            conversations = {
-                c.id: c
-                for c in (
-                    await session.scalars(
-                        select(Conversation)
-                        .where(Conversation.id.in_([o.conversation_id for o, _ in offers]))
-                        .order_by(Conversation.id)
-                        .with_for_update()
-                    )
-                ).all()
-            }
-            summaries = await self.summaries(session, list(conversations.values()))
+            summaries = await self.summaries(
+                session, [conversations[o.conversation_id] for o, _ in offers]
+            )
             made = []
             for offer, task in offers:
                 conversation = conversations[offer.conversation_id]
@@ -1143,18 +1340,24 @@ class RoutingEngine:
     ) -> Offer:
         """An agent accepts or declines their offer; ``expired`` is the engine's timeout."""
         async with self.rt.db.write() as session:
-            offer = await session.get(Offer, offer_id, with_for_update=True)
+            # The lock order (agent status, conversation, task, offer): the offer is read
+            # first without a lock (its agent, task and conversation never change).
+            offer = await session.get(Offer, offer_id)
             if offer is None or (agent_id is not None and offer.agent_id != agent_id):
                 raise RoutingError("no such offer")
             status = await agent_status(session, offer.agent_id, self.clock)
+            conversation = await session.get(
+                Conversation, offer.conversation_id, with_for_update=True
+            )
+            task = await session.get(RoutingTask, offer.task_id, with_for_update=True)
+            assert task is not None
+            offer = await session.get(Offer, offer_id, with_for_update=True, populate_existing=True)
+            assert offer is not None
             if offer.status != OfferStatus.pending:
                 raise RoutingError(f"the offer is already {offer.status}")
             now = self.clock.now()
-            task = await session.get(RoutingTask, offer.task_id, with_for_update=True)
-            assert task is not None
             if accept and offer.expires_at <= now:
                 expired, accept = True, False
-            conversation = await session.get(Conversation, offer.conversation_id)
             if accept:
                 if (
                     conversation is None
@@ -1169,7 +1372,12 @@ class RoutingEngine:
             offer.status = (OfferStatus.expired if expired else OfferStatus.declined).value
             offer.answered_at = now
             task.status = TaskStatus.waiting.value
-            task.excluded = [*(task.excluded or []), offer.agent_id]
+            task.excluded = add_exclusion(
+                task.excluded,
+                offer.agent_id,
+                until=now + timedelta(seconds=self.settings.routing_reoffer_seconds),
+                since=status.since,
+            )
             events.append(
                 session,
                 f"offer.{offer.status}",
@@ -1239,38 +1447,57 @@ class RoutingEngine:
     ) -> Conversation:
         """Assign directly (supervisor, transfer to an agent), capacity-checked."""
         async with self.rt.db.write() as session:
-            agent = await session.get(Agent, agent_id)
-            if agent is None or not agent.is_active:
-                raise RoutingError("no such agent")
-            status = await agent_status(session, agent_id, self.clock)
-            conversation = await session.get(Conversation, conversation_id, with_for_update=True)
-            if conversation is None:
-                raise RoutingError("no such conversation")
-            if conversation.assignee_id == agent_id:
-                return conversation
-            inbox = await session.get(Inbox, conversation.inbox_id)
-            cls = channel_class(inbox.kind if inbox else "")
-            load = (await agent_loads(session, [agent_id]))[agent_id]
-            if not has_room(agent, load, cls):
-                raise RoutingError(f"{agent.name} has no free {cls.value} capacity")
-            live = await session.scalar(
-                select(RoutingTask)
-                .where(RoutingTask.active_conversation_id == conversation_id)
-                .with_for_update()
+            return await self.assign_in(
+                session, conversation_id, agent_id, by_agent_id=by_agent_id, reason=reason
             )
-            if live is not None:
-                await withdraw_offers(
-                    session, self.clock, task_id=live.id, reason=reason, requeue=False
-                )
-                live.status = TaskStatus.assigned.value
-                live.agent_id = agent_id
-                live.assigned_at = live.ended_at = self.clock.now()
-                live.active_conversation_id = None
-            status.idle_since = self.clock.now()
-            self._set_assignee(
-                session, conversation, agent_id, reason=reason, by_agent_id=by_agent_id
-            )
+
+    async def assign_in(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        agent_id: int,
+        *,
+        by_agent_id: int | None,
+        reason: str = "assigned",
+        online_only: bool = False,
+        check: Callable[[Conversation], None] | None = None,
+    ) -> Conversation:
+        """``assign`` inside the caller's transaction. ``online_only`` refuses an agent who is
+        offline (transfers); ``check`` may refuse the conversation once it is locked."""
+        agent = await session.get(Agent, agent_id)
+        if agent is None or not agent.is_active:
+            raise RoutingError("no such agent")
+        status = await agent_status(session, agent_id, self.clock)
+        conversation = await session.get(Conversation, conversation_id, with_for_update=True)
+        if conversation is None:
+            raise RoutingError("no such conversation")
+        if check is not None:
+            check(conversation)
+        if conversation.assignee_id == agent_id:
             return conversation
+        if online_only and status.state == Presence.offline.value:
+            raise RoutingError(f"{agent.name} is offline: transfer to an online agent or a queue")
+        inbox = await session.get(Inbox, conversation.inbox_id)
+        cls = channel_class(inbox.kind if inbox else "")
+        load = (await agent_loads(session, [agent_id]))[agent_id]
+        if not has_room(agent, load, cls):
+            raise RoutingError(f"{agent.name} has no free {cls.value} capacity")
+        live = await session.scalar(
+            select(RoutingTask)
+            .where(RoutingTask.active_conversation_id == conversation_id)
+            .with_for_update()
+        )
+        if live is not None:
+            await withdraw_offers(
+                session, self.clock, task_id=live.id, reason=reason, requeue=False
+            )
+            live.status = TaskStatus.assigned.value
+            live.agent_id = agent_id
+            live.assigned_at = live.ended_at = self.clock.now()
+            live.active_conversation_id = None
+        status.idle_since = self.clock.now()
+        self._set_assignee(session, conversation, agent_id, reason=reason, by_agent_id=by_agent_id)
+        return conversation
 
     async def transfer_to_queue(
         self, conversation_id: int, queue_id: int, *, by_agent_id: int | None
@@ -1288,12 +1515,16 @@ class RoutingEngine:
         *,
         by_agent_id: int | None,
         reason: str = "transferred to a queue",
+        check: Callable[[Conversation], None] | None = None,
     ) -> RoutingTask:
-        """``transfer_to_queue`` inside the caller's transaction (SLA escalations)."""
+        """``transfer_to_queue`` inside the caller's transaction (SLA escalations, transfers
+        with a note); ``check`` may refuse the conversation once it is locked."""
         conversation = await session.get(Conversation, conversation_id, with_for_update=True)
         queue = await session.get(Queue, queue_id)
         if conversation is None or queue is None:
             raise RoutingError("no such conversation or queue")
+        if check is not None:
+            check(conversation)
         if conversation.status != ConversationStatus.open:
             raise RoutingError("only open conversations can be queued")
         live = await session.scalar(
@@ -1315,7 +1546,12 @@ class RoutingEngine:
         task.sticky_agent_id = None
         task.sticky_until = None
         if by_agent_id is not None:
-            task.excluded = [by_agent_id]
+            task.excluded = add_exclusion(
+                [],
+                by_agent_id,
+                until=self.clock.now() + timedelta(seconds=self.settings.routing_reoffer_seconds),
+                since=None,
+            )
         session.add(task)
         await session.flush()
         return task

@@ -149,7 +149,9 @@ class RoutingTask(Base):
     stage: Mapped[int] = mapped_column(Integer, default=0)
     any_team_agent: Mapped[bool] = mapped_column(Boolean, default=False)
     skills_dropped: Mapped[bool] = mapped_column(Boolean, default=False)
-    excluded: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    # Agents held back after a decline, a miss or a transfer away, each until a cool-down ends
+    # or they come back to available: [{"agent": 3, "until": epoch, "since": epoch | null}].
+    excluded: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     sticky_agent_id: Mapped[int | None] = mapped_column(Integer)
     sticky_until: Mapped[datetime | None]
     agent_id: Mapped[int | None] = mapped_column(Integer)

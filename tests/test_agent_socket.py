@@ -4,6 +4,7 @@ every frame, bad frames."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from contact_center.models import Conversation, CustomerIdentity, Message
+from contact_center.models import Conversation, CustomerIdentity, DomainEvent, Message
 from contact_center.runtime import Runtime
 from routing.models import AgentStatus
 from tests.helpers import Org, ingest, make_inbox, make_org, relay, sms
@@ -214,6 +215,36 @@ async def test_reconnect_resumes_with_nothing_lost_or_repeated(
     assert texts.count("are you there?") == 1
 
 
+async def test_a_resume_frame_replays_the_events_after_its_mark_once(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    """Connected without ?last_event_id, the client sends `resume`: every event after N, in
+    order, before new ones; a second resume repeats nothing."""
+    async with rt.db.read() as session:
+        mark = int(await session.scalar(select(func.max(DomainEvent.position))) or 0)
+    phone = "+14155550123"
+    await arrive(rt, "first", phone=phone)
+    await arrive(rt, "second", phone=phone)
+    await relay(rt)
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        hello = await recv(ws, "hello")
+        head = hello["data"]["last_event_id"]
+        assert head > mark
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # starts at the head
+        await send(ws, "resume", last_event_id=mark)
+        frames = [f for f in await drain(ws) if "id" in f]
+        ids = [f["id"] for f in frames]
+        assert ids == sorted(set(ids)) and all(mark < i <= head for i in ids)
+        texts = [f["data"]["text"] for f in frames if f["type"] == "message.created"]
+        assert texts == ["first", "second"]
+        await send(ws, "resume", last_event_id=mark)
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # nothing twice
+        await arrive(rt, "third", phone=phone)
+        await relay(rt)
+        live_frames = [f for f in await drain(ws) if f["type"] == "message.created"]
+    assert [f["data"]["text"] for f in live_frames] == ["third"]
+
+
 async def test_every_frame_is_authorized(rt: Runtime, org: Org, live: LiveApp) -> None:
     # A conversation of the Technical team's inbox: the billing agent may not see it.
     await make_inbox(rt, "tech-sms", address="+15005550099", team_id=org.technical_team_id)
@@ -259,7 +290,9 @@ async def test_bad_frames_get_errors_and_the_socket_lives_on(
             ("x" * (70 * 1024), "too_large"),
         ):
             await ws.send(raw)
-            assert (await recv(ws, "error"))["data"]["code"] == code
+            error = (await recv(ws, "error"))["data"]
+            assert error["code"] == code
+            assert error["message"]  # every error says what was wrong
         await send(ws, "ping")
         await recv(ws, "pong")
     async with rt.db.read() as session:
@@ -308,3 +341,67 @@ async def test_sla_breaches_reach_the_assignee_and_supervisors_only(
             assert breach["data"]["assignee_id"] == org.agent.id
         frames = await drain(other_ws)
         assert not [f for f in frames if f["type"].startswith("sla.")]
+
+
+async def test_a_flood_of_frames_is_rate_limited_and_the_socket_lives_on(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    """Bursts of 40 frames, 10 a second sustained: a client that sends 120 frames at once
+    gets `rate_limited` errors (with a message) for the excess, and the connection stays."""
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        for _ in range(120):
+            await ws.send(json.dumps({"type": "no.such.frame"}))
+        errors = [(await recv(ws, "error"))["data"] for _ in range(120)]
+        limited = [e for e in errors if e["code"] == "rate_limited"]
+        assert limited and all("too many frames" in e["message"] for e in limited)
+        assert [e["code"] for e in errors[:40]] == ["unknown_type"] * 40  # the burst
+        await send(ws, "ping")  # still served: a pong, or (bucket still empty) an error
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert answer["type"] == "pong" or answer["data"]["code"] == "rate_limited"
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+async def test_a_closed_socket_past_the_grace_period_sets_the_agent_offline(
+    rt: Runtime, org: Org, live: LiveApp, requeue: bool
+) -> None:
+    """The agent's websocket goes away and stays away past CC_AGENT_GRACE_SECONDS: the engine
+    sets them offline ("disconnected") and re-queues or keeps their chats as the queue says."""
+    from sqlalchemy import update
+
+    from routing.engine import set_presence
+    from routing.models import Presence, Queue
+
+    async with rt.db.write() as session:
+        await session.execute(update(Queue).values(requeue_on_disconnect=requeue))
+    async with connect(ws_url(live, org.agent.token)) as ws:
+        await recv(ws, "hello")
+        await send(ws, "presence.set", state="available")
+        await recv(ws, "ack")
+        conv = await arrive(rt, "are you there?")
+        await settle(rt)
+        offer = await recv(ws, "offer")
+        await send(ws, "offer.accept", offer_id=offer["data"]["offer_id"])
+        assert (await recv(ws, "ack"))["data"]["status"] == "accepted"
+    assert await assignee(rt, conv) == org.agent.id
+    async with rt.db.write() as session:  # a colleague who can take re-queued chats
+        await set_presence(session, org.supervisor.id, Presence.available, clock=rt.clock)
+    rt.clock.advance(rt.settings.agent_grace_seconds - 1)  # type: ignore[attr-defined]
+    await engine(rt).run_pass()
+    async with rt.db.read() as session:
+        status = await session.get(AgentStatus, org.agent.id)
+    assert status is not None and status.state == "available"  # still within the grace
+    rt.clock.advance(2)  # type: ignore[attr-defined]
+    await engine(rt).run_pass()
+    async with rt.db.read() as session:
+        status = await session.get(AgentStatus, org.agent.id)
+    assert status is not None and (status.state, status.reason) == ("offline", "disconnected")
+    if requeue:
+        assert await assignee(rt, conv) is None
+        await engine(rt).run_pass()
+        from tests.routing_helpers import offer_for
+
+        again = await offer_for(rt, conv)
+        assert again is not None and again.agent_id == org.supervisor.id
+    else:
+        assert await assignee(rt, conv) == org.agent.id

@@ -124,6 +124,53 @@ async def test_decline_reroutes_to_the_next_agent(rt: Runtime, sms_inbox: str) -
     assert await engine(rt).run_pass() == 0
 
 
+async def test_a_sole_agent_who_declined_is_offered_again_after_the_cool_down(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """One missed chance never strands a conversation: the decliner is held back for
+    CC_ROUTING_REOFFER_SECONDS (others could take it meanwhile), then offered it again."""
+    await make_queue(rt, is_default=True, offer_timeout_seconds=30)
+    solo = await make_agent(rt, "Solo")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, conv)
+    assert offer is not None and offer.agent_id == solo
+    await engine(rt).answer(offer.id, solo, accept=False)
+    cool_down = rt.settings.routing_reoffer_seconds
+    assert cool_down == 60
+    clock.advance(cool_down - 1)
+    assert await engine(rt).run_pass() == 0
+    assert await offer_for(rt, conv) is None
+    clock.advance(1)
+    assert await engine(rt).run_pass() == 1
+    again = await offer_for(rt, conv)
+    assert again is not None and again.agent_id == solo
+    await engine(rt).answer(again.id, solo, accept=True)
+    assert await assignee(rt, conv) == solo
+
+
+async def test_a_sole_agent_who_missed_it_gets_it_when_they_come_back(
+    rt: Runtime, clock: ManualClock, sms_inbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rt.settings, "routing_max_missed_offers", 1)
+    await make_queue(rt, is_default=True, offer_timeout_seconds=20)
+    solo = await make_agent(rt, "Solo")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    assert await offer_for(rt, conv) is not None
+    clock.advance(21)
+    await engine(rt).run_pass()  # the offer expires: one miss is the maximum here
+    async with rt.db.read() as session:
+        status = await session.get(AgentStatus, solo)
+    assert status is not None and (status.state, status.reason) == ("away", "missed offers")
+    assert await offer_for(rt, conv) is None
+    clock.advance(5)  # well inside the cool-down
+    await presence(rt, solo, Presence.available)
+    assert await engine(rt).run_pass() == 1
+    offer = await offer_for(rt, conv)
+    assert offer is not None and offer.agent_id == solo
+
+
 async def test_offer_timeout_reroutes_and_repeated_misses_set_the_agent_away(
     rt: Runtime, clock: ManualClock, sms_inbox: str
 ) -> None:
@@ -244,6 +291,63 @@ async def test_priority_first_then_age_and_waiting_beats_starvation(
     await engine(rt).run_pass()
     assert await assignee(rt, ancient) is not None
     assert await assignee(rt, fresh_urgent) is None
+
+
+async def test_work_without_an_sla_is_not_starved_by_newer_sla_work(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """SLA deadlines and plain waiting share one time scale: a conversation without a promise
+    that has waited most of DEFAULT_TARGET_SECONDS (an hour) goes before a new one due in 5
+    minutes; one that has waited less does not."""
+    from contact_center.conversations import change_conversation
+    from routing.engine import DEFAULT_TARGET_SECONDS
+    from routing.models import SlaPolicy
+    from routing.sla import service_of
+    from tests.helpers import relay
+
+    assert DEFAULT_TARGET_SECONDS == 3600
+    now = clock.now()
+    async with rt.db.write() as session:
+        session.add(
+            SlaPolicy(
+                name="Urgent in 5",
+                conditions={"priorities": ["urgent"]},
+                targets={"urgent": {"first_response": {"minutes": 5, "business": False}}},
+                escalations=[],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await make_queue(rt, is_default=True, auto_accept=["chat"])
+    old_plain = await arrive(rt, "waiting for an hour, no promise")
+    await engine(rt).run_pass()  # queued now (nobody is available)
+    clock.advance(10 * 60)
+    newer_plain = await arrive(rt, "waiting 46 minutes, no promise")
+    await engine(rt).run_pass()
+    clock.advance(46 * 60)
+    urgent = await arrive(rt, "urgent, due in 5 minutes")
+    async with rt.db.write() as session:
+        conv = await session.get(Conversation, urgent)
+        assert conv is not None
+        await change_conversation(
+            session, conv, clock=rt.clock, acting_agent_id=None, priority=Priority.urgent
+        )
+    for _ in range(2):  # clocks, tasks, then the tasks re-ranked by their deadlines
+        await relay(rt)
+        await service_of(rt).run_once()
+        await engine(rt).run_pass()
+    await make_agent(rt, "One", capacity={"chat": 1})
+    order: list[int] = []
+    for _ in range(3):
+        await engine(rt).run_pass()
+        served = [
+            c for c in (old_plain, newer_plain, urgent) if c not in order and await assignee(rt, c)
+        ]
+        assert len(served) == 1
+        order.append(served[0])
+        await resolve(rt, served[0])
+    # old: due (virtually) 4 min from now; urgent: 5 min; newer: 14 min.
+    assert order == [old_plain, urgent, newer_plain]
 
 
 @pytest.mark.parametrize("strategy", ["round_robin", "longest_idle", "least_occupied"])
@@ -377,6 +481,69 @@ async def test_sticky_routing_returns_the_customer_to_their_agent(
     assert await assignee(rt, again) == other
 
 
+async def test_sticky_routing_waits_only_for_an_agent_who_could_take_it_soon(
+    rt: Runtime, clock: ManualClock, sms_inbox: str
+) -> None:
+    """Inside the sticky window the task waits for the last agent only while they are
+    qualified and busy or full; declined, away or not qualified: the next agent at once."""
+    from contact_center.models import Agent
+
+    await make_queue(rt, is_default=True, sticky_seconds=600, skills={"general": 1})
+    helper = await make_agent(rt, "Helper", skills={"general": 1})
+    clock.advance(1)
+    other = await make_agent(rt, "Other", skills={"general": 1})
+
+    async def returning(phone: str) -> int:
+        """A customer the helper served before writes again."""
+        before = await arrive(rt, "first time", phone=phone)
+        await engine(rt).assign(before, helper, by_agent_id=None)
+        await resolve(rt, before)
+        clock.advance(1)
+        return await arrive(rt, "I am back", phone=phone)
+
+    # Declined: the other agent gets it now, not when the window ends.
+    declined = await returning("+14155550701")
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, declined)
+    assert offer is not None and offer.agent_id == helper
+    await engine(rt).answer(offer.id, helper, accept=False)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, declined)
+    assert offer is not None and offer.agent_id == other
+    await engine(rt).answer(offer.id, other, accept=True)
+    await resolve(rt, declined)
+
+    # Busy (and qualified): worth waiting for; available again: it is theirs.
+    await presence(rt, helper, Presence.busy)
+    waits = await returning("+14155550702")
+    await engine(rt).run_pass()
+    assert await offer_for(rt, waits) is None
+    await presence(rt, helper, Presence.available)
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, waits)
+    assert offer is not None and offer.agent_id == helper
+    await engine(rt).answer(offer.id, helper, accept=True)
+    await resolve(rt, waits)
+
+    # Away: the other agent at once.
+    await presence(rt, helper, Presence.away, "lunch")
+    away = await returning("+14155550703")
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, away)
+    assert offer is not None and offer.agent_id == other
+
+    # Available but no longer qualified (lost the skill): the other agent at once.
+    await presence(rt, helper, Presence.available)
+    unqualified = await returning("+14155550704")
+    async with rt.db.write() as session:
+        agent = await session.get(Agent, helper)
+        assert agent is not None
+        agent.skills = {}
+    await engine(rt).run_pass()
+    offer = await offer_for(rt, unqualified)
+    assert offer is not None and offer.agent_id == other
+
+
 async def test_agent_going_away_withdraws_offers_and_they_reroute(
     rt: Runtime, sms_inbox: str
 ) -> None:
@@ -426,6 +593,35 @@ async def test_silent_agent_goes_offline_and_their_chats_are_requeued(
     assert status is not None and (status.state, status.reason) == ("offline", "disconnected")
     await engine(rt).run_pass()
     assert await assignee(rt, conv) == stay
+    await check_invariants(rt)
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+async def test_going_offline_by_choice_requeues_or_keeps_chats_as_the_queue_says(
+    rt: Runtime, clock: ManualClock, sms_inbox: str, requeue: bool
+) -> None:
+    await make_queue(rt, is_default=True, auto_accept=["chat"], requeue_on_disconnect=requeue)
+    leaving = await make_agent(rt, "Leaving")
+    conv = await arrive(rt)
+    await engine(rt).run_pass()
+    assert await assignee(rt, conv) == leaving
+    clock.advance(1)
+    staying = await make_agent(rt, "Staying")
+    await presence(rt, leaving, Presence.offline)  # explicitly, not a silent socket
+    await engine(rt).run_pass()
+    assert await assignee(rt, conv) == (staying if requeue else leaving)
+    async with rt.db.read() as session:
+        reasons = (
+            await session.scalars(
+                select(DomainEvent.payload).where(
+                    DomainEvent.type == "conversation.assigned",
+                    DomainEvent.conversation_id == conv,
+                )
+            )
+        ).all()
+    assert [r["reason"] for r in reasons] == (
+        ["auto-accepted", "agent offline", "auto-accepted"] if requeue else ["auto-accepted"]
+    )
     await check_invariants(rt)
 
 

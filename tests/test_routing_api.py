@@ -216,3 +216,68 @@ def test_first_matching_rule_wins_then_the_default_queue() -> None:
     assert plain_tr is not None and plain_tr.name == "Turkish"
     assert nobody is not None and nobody.name == "General"
     assert pick_queue({}, rules, language="tr", tier="gold", **args) is None
+
+
+async def test_transfer_rules_offline_target_authority_and_one_transaction(
+    client: httpx.AsyncClient, org: Org, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from routing import api as routing_api
+    from routing.models import Presence
+    from tests.routing_helpers import presence
+
+    front = await make_queue(rt, "Front", is_default=True)
+    experts = await make_queue(rt, "Experts")
+    me, colleague = org.agent, org.other_agent
+    conv = await arrive(rt, "help")
+    await engine(rt).assign(conv, me.id, by_agent_id=org.supervisor.id)
+    url = f"/api/v1/conversations/{conv}/transfer"
+
+    # To an agent who is offline: refused, clearly; nothing changes.
+    offline = await client.post(url, json={"agent_id": colleague.id}, headers=me.headers)
+    assert offline.status_code == 409 and "offline" in offline.json()["detail"]
+    assert await assignee(rt, conv) == me.id
+
+    # Only the assignee (or a supervisor/admin) may transfer an assigned conversation.
+    await presence(rt, colleague.id, Presence.available)
+    await presence(rt, org.supervisor.id, Presence.available)
+    grab = await client.post(
+        url, json={"agent_id": colleague.id, "note": "mine now"}, headers=colleague.headers
+    )
+    assert grab.status_code == 403, grab.text
+    assert await assignee(rt, conv) == me.id
+
+    # The note is written in the transfer's transaction: a note that fails undoes the transfer.
+    async def failing_reply(*args: object, **kwargs: object) -> None:
+        raise routing_api.ReplyError("the note could not be written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(routing_api, "reply", failing_reply)
+        failed = await client.post(
+            url, json={"queue_id": experts, "note": "for the experts"}, headers=me.headers
+        )
+    assert failed.status_code == 400
+    assert await assignee(rt, conv) == me.id
+    assert await offer_for(rt, conv) is None
+    async with rt.db.read() as session:
+        from routing.models import RoutingTask
+
+        assert (await session.scalars(select(RoutingTask))).all() == []
+
+    # The assignee transfers to a colleague who is online; a supervisor may move anyone's.
+    moved = await client.post(
+        url, json={"agent_id": colleague.id, "note": "over to you"}, headers=me.headers
+    )
+    assert moved.status_code == 200, moved.text
+    assert await assignee(rt, conv) == colleague.id
+    by_supervisor = await client.post(url, json={"queue_id": front}, headers=org.supervisor.headers)
+    assert by_supervisor.status_code == 200, by_supervisor.text
+    assert await assignee(rt, conv) is None
+    async with rt.db.read() as session:
+        notes = (
+            await session.scalars(
+                select(Message.text).where(
+                    Message.conversation_id == conv, Message.private.is_(True)
+                )
+            )
+        ).all()
+    assert notes == ["Transfer note: over to you"]

@@ -158,3 +158,62 @@ async def test_a_killed_routing_process_loses_nothing(rt: Runtime) -> None:
             .where(Conversation.status == "open", Conversation.assignee_id.is_not(None))
         )
     assert assigned == 40 and open_unassigned == 0
+
+
+async def test_an_assignment_and_an_offer_commit_lock_in_one_order(
+    rt: Runtime, backend: str
+) -> None:
+    """A direct assignment (conversation, then task) racing the engine's offer commit: both
+    take the conversation before the task, so one waits for the other instead of the two
+    deadlocking (PostgreSQL would abort one). SQLite has one writer: they simply queue."""
+    from sqlalchemy import text
+
+    from contact_center.models import Conversation as Conv
+    from routing.models import RoutingTask, TaskStatus
+
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True)
+    agent = await make_agent(rt, "Agent")
+    rival = await make_agent(rt, "Rival", available=False)
+    conv = await arrive(rt)
+    engine = RoutingEngine(rt)
+    await engine.reconcile()
+    plan = await engine.plan()
+    assert len(plan) == 1 and plan[0].agent_id == agent
+    other = await build_runtime(rt.settings, clock=rt.clock)
+    try:
+        async with other.db.write() as session:
+            # The assignment's first step: the conversation, locked.
+            await session.get(Conv, conv, with_for_update=True)
+            commit = asyncio.create_task(engine.commit_offers(plan))
+            if backend == "postgres":
+                async with asyncio.timeout(10):  # until the commit waits on a row lock
+                    while True:
+                        async with rt.db.read() as probe:
+                            waiting = await probe.scalar(
+                                text(
+                                    "SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "datname = current_database() AND wait_event_type = 'Lock'"
+                                )
+                            )
+                        if waiting:
+                            break
+                        await asyncio.sleep(0.01)
+            # Its second step: the task, locked and ended; then the conversation assigned.
+            task = await session.scalar(
+                select(RoutingTask).where(RoutingTask.conversation_id == conv).with_for_update()
+            )
+            assert task is not None
+            task.status = TaskStatus.assigned.value
+            task.active_conversation_id = None
+            conversation = await session.get(Conv, conv)
+            assert conversation is not None
+            conversation.assignee_id = rival
+        made = await asyncio.wait_for(commit, 20)
+    finally:
+        await other.close()
+    assert made == []  # the task was no longer waiting once the commit could go on
+    async with rt.db.read() as session:
+        conversation = await session.get(Conv, conv)
+        assert conversation is not None and conversation.assignee_id == rival
+    await check_invariants(rt)

@@ -29,6 +29,7 @@ from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
 from contact_center.models import Conversation, DomainEvent
 from contact_center.runtime import Runtime
+from routing.engine import exclusions, held_back
 from routing.models import (
     AgentStateLog,
     AgentStatus,
@@ -383,10 +384,10 @@ class Simulation:
             ).all()
             if not waiting:
                 return
-            available = set(
+            available = dict(
                 (
-                    await session.scalars(
-                        select(AgentStatus.agent_id).where(
+                    await session.execute(
+                        select(AgentStatus.agent_id, AgentStatus.since).where(
                             AgentStatus.state == Presence.available.value
                         )
                     )
@@ -399,7 +400,17 @@ class Simulation:
         for conv_id, queue_id, excluded in waiting:
             need = self.queue_need.get(queue_id)
             assert need is not None, self.why(f"conversation {conv_id} in an unexpected queue")
-            able = [a.id for a in free if a.qualifies(*need) and a.id not in (excluded or [])]
+            # Who refused it is held back for the cool-down (unless they came back since).
+            refused = exclusions(excluded)
+            now = self.clock.now().timestamp()
+            able = [
+                a.id
+                for a in free
+                if a.qualifies(*need)
+                and not (
+                    a.id in refused and held_back(refused[a.id], now, available[a.id].timestamp())
+                )
+            ]
             assert not able, self.why(
                 f"conversation {conv_id} ({need}) waits while agents {able} have room"
             )
