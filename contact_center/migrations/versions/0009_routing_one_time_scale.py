@@ -5,8 +5,8 @@ task with one; now they rank at ``enqueued_at + DEFAULT_TARGET_SECONDS`` less pr
 relative to normal (docs/architecture.md §12). Live tasks queued before this change are moved
 to the new scale, so they are not stranded behind new work for a year.
 
-Revision ID: 0007_routing_one_time_scale
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30
 """
 
@@ -18,8 +18,8 @@ from alembic import op
 
 from contact_center.models import UTCDateTime
 
-revision: str = "0007_routing_one_time_scale"
-down_revision: str | None = "0006"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
