@@ -20,10 +20,11 @@ Send = Callable[[list[T]], Awaitable[list[R | BaseException]]]
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, send: Send[T, R], *, max_batch: int = 64) -> None:
+    def __init__(self, send: Send[T, R], *, max_batch: int = 64, depth: int = 1) -> None:
         self._send = send
         self._max_batch = max_batch
-        self._busy = False
+        self._depth = depth  # batches in flight at once
+        self._in_flight = 0
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -33,8 +34,8 @@ class GroupCommit(Generic[T, R]):
         return len(self._waiting)
 
     async def submit(self, item: T) -> R:
-        if not self._busy:
-            self._busy = True
+        if self._in_flight < self._depth:
+            self._in_flight += 1
             try:
                 outcome = (await self._send([item]))[0]
             finally:
@@ -47,17 +48,17 @@ class GroupCommit(Generic[T, R]):
         return await future
 
     def _next(self) -> None:
-        """The batch in flight returned: send what queued behind it, or go idle."""
-        while self._waiting:
+        """A batch in flight returned: send what queued behind it."""
+        self._in_flight -= 1
+        while self._waiting and self._in_flight < self._depth:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             batch = [(item, future) for item, future in batch if not future.done()]
             if batch:
+                self._in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._run(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-                return
-        self._busy = False
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
