@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import phonenumbers
 
@@ -51,6 +52,10 @@ def normalize_email(raw: str) -> str:
     return f"{local}@{domain}".lower()
 
 
+# Parsing a phone number (phonenumbers) costs tens of microseconds, a large part of an inbound
+# message's Python time, and the same people write again and again: the normalized form is kept
+# per raw address (a bounded cache; an address that does not normalize raises every time).
+@lru_cache(maxsize=32768)
 def normalize(kind: str, address: str) -> str:
     try:
         kind = IdentityKind(kind)

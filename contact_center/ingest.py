@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +19,7 @@ from asyncpg.exceptions import (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,
+    PostgresError,
     UniqueViolationError,
 )
 from sqlalchemy import String, Table, and_, bindparam, cast, insert, literal, select, update
@@ -31,6 +31,7 @@ from contact_center.attachments import AttachmentRejected, AttachmentStore, Stor
 from contact_center.clock import Clock
 from contact_center.customers import active_key, resolve_customer
 from contact_center.db import Database
+from contact_center.group_commit import GroupCommit
 from contact_center.identities import IdentityRef
 from contact_center.models import (
     Attachment,
@@ -109,6 +110,8 @@ class Ingestor:
         self.store = store
         self.clock = clock
         self._inbox_kinds: dict[str, str] = {}
+        # PostgreSQL: concurrent hot ingests in this process share one statement.
+        self.hot_batches: GroupCommit[_HotRow, IngestResult | None] = GroupCommit(self._send_hot)
 
     async def ingest(self, msg: InboundMessage) -> IngestResult:
         if not msg.provider_message_id:
@@ -183,41 +186,24 @@ class Ingestor:
             "needs_name": bool(msg.sender.display_name),
         }
         if not self.db.is_sqlite:
-            params = {
-                **keys,
-                **values,
-                "extra": json.dumps(values["extra"]),
-                "payload": json.dumps(payload),
-            }
-            # One statement is its own transaction: sent on the driver's own pool, without
-            # the BEGIN, COMMIT and pre-ping round trips of a SQLAlchemy transaction.
-            pool = await self.db.driver_pool()
-            args = [params[n] for n in _HOT_PG_NAMES]
-            try:
-                try:
-                    found = await pool.fetchrow(_HOT_PG_SQL, *args)
-                except (InterfaceError, ConnectionDoesNotExistError, InternalClientError):
-                    # The server dropped a pooled connection (a restart; an idle connection
-                    # that heard the server's goodbye reports InternalClientError); the pool
-                    # replaces it. Running again is safe: had the first run committed, the dedupe
-                    # part of the statement now finds the message.
-                    log.info("ingest: database connection lost, running the statement again")
-                    await pool.expire_connections()  # the others are likely gone too
-                    found = await pool.fetchrow(_HOT_PG_SQL, *args)
-            except UniqueViolationError as exc:
-                # A concurrent ingest stored it first: the caller's retry finds it.
-                raise IntegrityError(_HOT_PG_SQL, None, exc) from exc
-            if found["dup_id"] is not None:
-                return IngestResult(
-                    found["dup_id"],
-                    found["dup_conversation_id"],
-                    found["dup_customer_id"] or 0,
-                    True,
+            # Sent with whatever other hot ingests arrive meanwhile, as one statement
+            # (`_send_hot`); the outcome is this message's own.
+            return await self.hot_batches.submit(
+                (
+                    msg.inbox_id,
+                    msg.provider_message_id,
+                    msg.sender.kind,
+                    msg.sender.address,
+                    str(keys["key_prefix"]),
+                    bool(keys["needs_name"]),
+                    text,
+                    html,
+                    msg.subject,
+                    json.dumps(values["extra"]) if values["extra"] else "{}",
+                    now,
+                    msg.sent_at,
+                    json.dumps(payload),
                 )
-            if found["message_id"] is None:
-                return None
-            return IngestResult(
-                found["message_id"], found["conversation_id"], found["customer_id"], False
             )
         async with self.db.engine.begin() as conn:
             row = (await conn.execute(_HOT_LOOKUP, keys)).one()
@@ -259,6 +245,92 @@ class Ingestor:
                 )
             )
             return IngestResult(message_id, row.conversation_id, row.customer_id, False)
+
+    async def _send_hot(self, rows: list[_HotRow]) -> list[IngestResult | BaseException | None]:
+        """PostgreSQL: a batch of hot ingests as one statement, one outcome per row, in order.
+
+        One statement is one transaction: every row of the batch is committed when it returns
+        (or none is). Rows with the same (inbox, provider id) are sent once: the first caller
+        hears what happened to it, the others that it is a duplicate of that message.
+        """
+        first: dict[tuple[str, str], int] = {}
+        unique: list[_HotRow] = []
+        index: list[int] = []
+        for row in rows:
+            at = first.setdefault((row[0], row[1]), len(unique))
+            if at == len(unique):
+                unique.append(row)
+            index.append(at)
+        outcomes = await self._run_hot(unique)
+        answered: set[int] = set()
+        results: list[IngestResult | BaseException | None] = []
+        for at in index:
+            outcome = outcomes[at]
+            if at in answered and isinstance(outcome, IngestResult):
+                outcome = replace(outcome, duplicate=True)
+            answered.add(at)
+            results.append(outcome)
+        return results
+
+    async def _run_hot(self, rows: list[_HotRow]) -> list[IngestResult | BaseException | None]:
+        # One statement is its own transaction: sent on the driver's own pool, without the
+        # BEGIN, COMMIT and pre-ping round trips of a SQLAlchemy transaction.
+        pool = await self.db.driver_pool()
+        sql = _hot_pg_sql(len(rows))
+        args = [value for row in rows for value in row]
+        try:
+            try:
+                found = await pool.fetch(sql, *args)
+            except (InterfaceError, ConnectionDoesNotExistError, InternalClientError):
+                # The server dropped a pooled connection (a restart; an idle connection that
+                # heard the server's goodbye reports InternalClientError); the pool replaces it.
+                # Running again is safe: had the first run committed, the dedupe part of the
+                # statement now finds the messages.
+                log.info("ingest: database connection lost, running the statement again")
+                await pool.expire_connections()  # the others are likely gone too
+                found = await pool.fetch(sql, *args)
+        except UniqueViolationError as exc:
+            if len(rows) > 1:
+                return await self._run_hot_alone(rows)
+            # A concurrent ingest (another process) stored it first: the caller's retry finds it.
+            return [IntegrityError(sql, None, exc)]
+        except PostgresError:
+            if len(rows) > 1:
+                # One row spoiled the batch (nothing of it was written): each row on its own,
+                # so the others are stored and only that one's caller hears the error.
+                return await self._run_hot_alone(rows)
+            raise
+        results: list[IngestResult | BaseException | None] = []
+        for record in found:
+            (
+                dup_id,
+                dup_conversation_id,
+                dup_customer_id,
+                message_id,
+                conversation_id,
+                customer_id,
+            ) = record
+            if dup_id is not None:
+                results.append(
+                    IngestResult(dup_id, dup_conversation_id, dup_customer_id or 0, True)
+                )
+            elif message_id is None:
+                results.append(None)
+            else:
+                results.append(IngestResult(message_id, conversation_id, customer_id, False))
+        return results
+
+    async def _run_hot_alone(
+        self, rows: list[_HotRow]
+    ) -> list[IngestResult | BaseException | None]:
+        log.info("ingest: a batch of %d failed as a whole, sending its rows one by one", len(rows))
+        results: list[IngestResult | BaseException | None] = []
+        for row in rows:
+            try:
+                results += await self._run_hot([row])
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     async def _ingest_once(
         self,
@@ -494,74 +566,113 @@ _HOT_LOOKUP = select(
     )
 )
 
-# PostgreSQL, one round trip. "look" is the lookup above; "conv" touches the conversation only
-# when the message is new, the sender known and unmerged and the conversation still open (the
-# row lock orders this against a concurrent resolve: under READ COMMITTED the status is
-# re-checked on the locked row); "msg" and the event follow only if it did. The row that comes
-# back tells the caller what happened (message_id NULL: take the general path).
+# PostgreSQL, one round trip for a whole batch of hot ingests (a VALUES row per message, in the
+# order of `_HotRow`). "look" is the lookup above, row by row (each lookup a LATERAL subquery with
+# LIMIT 1, so it stays an index probe whatever the planner estimates); "ok" keeps the new messages
+# from known, unmerged senders with an active conversation. "conv" touches those conversations
+# only while they are still open (the row lock orders this against a concurrent resolve: under
+# READ COMMITTED the status is re-checked on the locked row; `id = ANY(ARRAY(...))` finds them by
+# primary key, so they are locked in id order); "msg" and the events follow only for the rows
+# whose conversation was touched. The rows that come back, one per input row in order, tell each
+# caller what happened (message_id NULL and no duplicate: take the general path). There is one
+# statement text per batch size: VALUES tells the planner how many rows come, so each size's
+# prepared statement settles on a generic plan (an array parameter would be estimated at 10 rows
+# and planned again on every execution).
+_HOT_PG_TYPES = (
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "boolean",
+    "text",
+    "text",
+    "varchar",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "text",
+)
 _HOT_PG = """
-WITH look AS (
-    SELECT dup.id AS dup_id, dup.conversation_id AS dup_conversation_id,
-        dup.customer_id AS dup_customer_id, ci.customer_id, cu.merged_into_id,
-        cu.name AS customer_name, c.id AS conversation_id
-    FROM (SELECT 1 AS one) AS one
-    LEFT JOIN messages AS dup
-        ON dup.inbox_id = CAST(:inbox AS VARCHAR)
-        AND dup.provider_message_id = CAST(:pid AS VARCHAR)
-    LEFT JOIN customer_identities AS ci
-        ON ci.kind = CAST(:kind AS VARCHAR) AND ci.address = CAST(:addr AS VARCHAR)
-    LEFT JOIN customers AS cu ON cu.id = ci.customer_id
-    LEFT JOIN conversations AS c
-        ON c.active_key = CAST(:key_prefix AS VARCHAR) || CAST(ci.customer_id AS VARCHAR)
+WITH input AS (
+    SELECT * FROM (VALUES {rows}) AS i(inbox, pid, kind, addr, key_prefix, needs_name, text,
+        html, subject, extra, created_at, sent_at, payload, ord)
+), look AS (
+    SELECT i.*, dup.id AS dup_id, dup.conversation_id AS dup_conversation_id,
+        dup.customer_id AS dup_customer_id, who.customer_id, who.merged_into_id,
+        who.customer_name, active.id AS conversation_id
+    FROM input AS i
+    LEFT JOIN LATERAL (
+        SELECT m.id, m.conversation_id, m.customer_id FROM messages AS m
+        WHERE m.inbox_id = i.inbox AND m.provider_message_id = i.pid LIMIT 1
+    ) AS dup ON true
+    LEFT JOIN LATERAL (
+        SELECT ci.customer_id, cu.merged_into_id, cu.name AS customer_name
+        FROM customer_identities AS ci JOIN customers AS cu ON cu.id = ci.customer_id
+        WHERE ci.kind = i.kind AND ci.address = i.addr LIMIT 1
+    ) AS who ON true
+    LEFT JOIN LATERAL (
+        SELECT c.id FROM conversations AS c
+        WHERE c.active_key = i.key_prefix || CAST(who.customer_id AS VARCHAR) LIMIT 1
+    ) AS active ON true
+), ok AS (
+    SELECT * FROM look
+    WHERE dup_id IS NULL AND merged_into_id IS NULL AND conversation_id IS NOT NULL
+        AND (customer_name <> '' OR NOT needs_name)
 ), conv AS (
-    UPDATE conversations SET last_message_at = CAST(:created_at AS TIMESTAMPTZ),
-        updated_at = CAST(:created_at AS TIMESTAMPTZ)
-    WHERE conversations.status = 'open' AND conversations.id = (
-        -- A scalar subquery, so the row is found by its primary key (a join with the CTE
-        -- lets the planner walk every open conversation instead).
-        SELECT look.conversation_id FROM look
-        WHERE look.dup_id IS NULL AND look.merged_into_id IS NULL
-            AND (look.customer_name <> '' OR NOT CAST(:needs_name AS BOOLEAN))
+    UPDATE conversations AS c
+    SET (last_message_at, updated_at) = (
+        SELECT max(ok.created_at), max(ok.created_at) FROM ok WHERE ok.conversation_id = c.id
     )
-    RETURNING conversations.id, conversations.customer_id
+    WHERE c.id = ANY(ARRAY(SELECT ok.conversation_id FROM ok))
+        -- (|| '': never through the status index, which walks every open conversation)
+        AND c.status || '' = 'open'
+    RETURNING c.id, c.customer_id
 ), msg AS (
     INSERT INTO messages (conversation_id, inbox_id, direction, author_type, customer_id,
         private, text, html, subject, provider_message_id, delivery_status, send_attempts,
         extra, created_at, sent_at)
-    SELECT conv.id, CAST(:inbox_id AS VARCHAR), CAST(:direction AS VARCHAR),
-        CAST(:author_type AS VARCHAR), conv.customer_id, CAST(:private AS BOOLEAN),
-        CAST(:text AS TEXT), CAST(:html AS TEXT), CAST(:subject AS VARCHAR),
-        CAST(:provider_message_id AS VARCHAR), CAST(:delivery_status AS VARCHAR),
-        CAST(:send_attempts AS INTEGER), CAST(:extra AS JSONB),
-        CAST(:created_at AS TIMESTAMPTZ), CAST(:sent_at AS TIMESTAMPTZ)
-    FROM conv
-    RETURNING id, conversation_id, customer_id
+    SELECT conv.id, ok.inbox, 'in', 'customer',
+        conv.customer_id, false, ok.text, ok.html, ok.subject, ok.pid,
+        'received', 0, CAST(ok.extra AS JSONB), ok.created_at, ok.sent_at
+    FROM ok JOIN conv ON conv.id = ok.conversation_id
+    ORDER BY ok.ord
+    RETURNING id, conversation_id, customer_id, inbox_id, provider_message_id
 ), ev AS (
     INSERT INTO domain_events (type, conversation_id, customer_id, payload, created_at)
     SELECT 'message.created', msg.conversation_id, msg.customer_id,
-        CAST(:payload AS JSONB) || jsonb_build_object('id', msg.id,
+        CAST(ok.payload AS JSONB) || jsonb_build_object('id', msg.id,
             'conversation_id', msg.conversation_id, 'customer_id', msg.customer_id),
-        CAST(:created_at AS TIMESTAMPTZ)
-    FROM msg
-    RETURNING 1
+        ok.created_at
+    FROM msg JOIN ok ON ok.inbox = msg.inbox_id AND ok.pid = msg.provider_message_id
+    ORDER BY msg.id
 )
 SELECT look.dup_id, look.dup_conversation_id, look.dup_customer_id, msg.id AS message_id,
-    msg.conversation_id, msg.customer_id, (SELECT count(*) FROM ev) AS events
-FROM look LEFT JOIN msg ON true
+    msg.conversation_id, msg.customer_id
+FROM look LEFT JOIN msg ON msg.inbox_id = look.inbox AND msg.provider_message_id = look.pid
+ORDER BY look.ord
 """
+_HOT_PG_SQL: dict[int, str] = {}
 
 
-def _positional(sql: str) -> tuple[str, list[str]]:
-    """``:name`` parameters as asyncpg's ``$n`` (each name once, in order of appearance)."""
-    names: list[str] = []
+def _hot_pg_sql(size: int) -> str:
+    """The hot statement for a batch of ``size`` rows (made once per size)."""
+    sql = _HOT_PG_SQL.get(size)
+    if sql is None:
+        width = len(_HOT_PG_TYPES)
+        rows = ", ".join(
+            "("
+            + ", ".join(f"${n * width + i + 1}::{t}" for i, t in enumerate(_HOT_PG_TYPES))
+            + f", {n + 1})"
+            for n in range(size)
+        )
+        sql = _HOT_PG_SQL[size] = _HOT_PG.replace("{rows}", rows)
+    return sql
 
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
 
-    return re.sub(r"(?<![:\w]):(\w+)", number, sql), names
-
-
-_HOT_PG_SQL, _HOT_PG_NAMES = _positional(_HOT_PG)
+# One hot ingest, in the order of the statement's arrays: inbox, provider id, identity kind and
+# address, active-key prefix, needs a name, text, html, subject, extra (JSON), created at, sent
+# at, event payload (JSON).
+_HotRow = tuple[
+    str, str, str, str, str, bool, str, str | None, str | None, str, datetime, datetime | None, str
+]
