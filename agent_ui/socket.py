@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from contact_center.api.common import visibility
 from contact_center.auth import REVOKED_CHANNEL, agent_for_token, credentials_from
-from contact_center.models import Agent, Conversation, DomainEvent, Role
+from contact_center.models import Agent, Conversation, Role
 from contact_center.outbound import ReplyError, reply
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
 from contact_center.views import message_view
-from contact_center.wsutil import Bucket, FrameError, origin_allowed, serve_frames
+from contact_center.wsutil import (
+    Bucket,
+    EventStream,
+    FrameError,
+    head_position,
+    last_event_id,
+    origin_allowed,
+    serve_frames,
+)
 from routing.engine import (
     RoutingError,
     agent_status,
@@ -78,16 +85,14 @@ class AgentSession:
         self.rt = rt
         self.socket = socket
         self.agent = agent
-        # Events in (floor, sent_upto] have been dealt with on this connection (sent, or not
-        # this agent's); a `resume` further back replays (N, floor] and lowers the floor.
-        self.sent_upto = 0
-        self.floor = 0
+        # The outbox events of this connection: once each, in order, resumable (wsutil).
+        self.stream = EventStream(
+            rt.db, types=PERSONAL | CONVERSATION | SLA, emit=self._emit, page=BACKLOG_PAGE
+        )
         self.token_id = 0
         self.bucket = Bucket(RATE, BURST)
         self._visible: dict[int, bool] = {}
         self._send_lock = asyncio.Lock()
-        # Held while events are streamed (live or replayed), so a replay is never interleaved.
-        self._stream_lock = asyncio.Lock()
 
     @property
     def sees_everything(self) -> bool:
@@ -123,15 +128,6 @@ class AgentSession:
             return await self.may_see(env.get("conversation_id"), fresh=fresh)
         return False
 
-    async def send_event(self, env: dict[str, Any]) -> None:
-        """A live event (or one of the backlog after the mark): sent once, in order."""
-        async with self._stream_lock:
-            position = int(env.get("id") or 0)
-            if position <= self.sent_upto:
-                return  # seen already: the relay may publish twice, the backlog overlaps live
-            await self._emit(env)
-            self.sent_upto = position
-
     async def _emit(self, env: dict[str, Any]) -> None:
         if await self.wants(env):
             kind = str(env["type"])
@@ -143,59 +139,6 @@ class AgentSession:
                     "data": env.get("data") or {},
                 }
             )
-
-    async def backlog(self, after: int) -> None:
-        """Every event after ``after`` this agent may see, in order (then live ones follow)."""
-        await self._events(after, None, self.send_event)
-
-    async def resume(self, after: int) -> None:
-        """The `resume` frame: the events after ``after`` this connection has not dealt with,
-        in order, before any further live event. Those below the floor (the connection's
-        starting point) were never sent and are replayed; those above it were already sent
-        (or were not this agent's) and are not sent twice. A mark beyond what was sent (the
-        client has those from elsewhere) skips up to it, never past the current head."""
-        async with self._stream_lock:
-            if after < self.floor:
-                await self._events(after, self.floor, self._emit)
-                self.floor = after
-            elif after > self.sent_upto:
-                async with self.rt.db.read() as session:
-                    head = int(await session.scalar(select(func.max(DomainEvent.position))) or 0)
-                self.sent_upto = max(self.sent_upto, min(after, head))
-        await self.backlog(self.sent_upto)  # anything committed meanwhile, before live ones
-
-    async def _events(
-        self,
-        after: int,
-        upto: int | None,
-        emit: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        """Hand the stored events in (after, upto] (no upper bound: None) to ``emit``, in order."""
-        types = PERSONAL | CONVERSATION | SLA
-        while True:
-            query = (
-                select(DomainEvent)
-                .where(DomainEvent.position > after, DomainEvent.type.in_(types))
-                .order_by(DomainEvent.position)
-                .limit(BACKLOG_PAGE)
-            )
-            if upto is not None:
-                query = query.where(DomainEvent.position <= upto)
-            async with self.rt.db.read() as session:
-                rows = (await session.scalars(query)).all()
-            for event in rows:
-                await emit(
-                    {
-                        "type": event.type,
-                        "id": event.position,
-                        "conversation_id": event.conversation_id,
-                        "agent_id": event.agent_id,
-                        "data": event.payload,
-                    }
-                )
-            if len(rows) < BACKLOG_PAGE:
-                return
-            after = int(rows[-1].position or after)
 
     async def heartbeat(self) -> None:
         async with self.rt.db.write() as session:
@@ -265,7 +208,7 @@ class AgentSession:
             await self.heartbeat()
             await self.send({"type": "pong", "data": {}})
         elif kind == "resume":
-            await self.resume(_int(data, "last_event_id", minimum=0))
+            await self.stream.resume(_int(data, "last_event_id", minimum=0))
         elif kind == "presence.set":
             await self.presence(data)
         elif kind in ("offer.accept", "offer.decline"):
@@ -390,19 +333,9 @@ async def agent_socket(socket: WebSocket[Any, Any, Any]) -> None:
     live = await rt.bus.subscribe(EVENTS_CHANNEL, TYPING_CHANNEL, REVOKED_CHANNEL)
     try:
         await session.heartbeat()
-        async with rt.db.read() as db:
-            head = int(await db.scalar(select(func.max(DomainEvent.position))) or 0)
+        head = await head_position(rt.db)
         await session.hello(head)
-        raw_after = socket.query_params.get("last_event_id")
-        after = head
-        if raw_after is not None:
-            try:
-                after = max(0, min(int(raw_after), head))
-            except ValueError:
-                after = head
-        session.sent_upto = session.floor = after
-        await session.backlog(after)
-        session.sent_upto = max(session.sent_upto, head)
+        await session.stream.start(last_event_id(socket), head)
         await _pump(session, live)
     except WebSocketDisconnect:
         pass
@@ -430,7 +363,7 @@ async def _pump(session: AgentSession, live: Any) -> None:
                 ):
                     await session.send({"type": "typing", "data": message})
             else:
-                await session.send_event(message)
+                await session.stream.live(message)
 
     async def beat() -> None:
         while True:

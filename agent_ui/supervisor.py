@@ -22,7 +22,6 @@ from typing import Any
 from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.response import Redirect
-from sqlalchemy import func, select
 
 from agent_ui import i18n
 from agent_ui.console import _csrf_cookie, _page, _runtime
@@ -32,10 +31,18 @@ from contact_center.auth import (
     agent_for_token,
     credentials_from,
 )
-from contact_center.models import Agent, DomainEvent, Role
+from contact_center.models import Agent, Role
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
-from contact_center.wsutil import Bucket, FrameError, origin_allowed, serve_frames
+from contact_center.wsutil import (
+    Bucket,
+    EventStream,
+    FrameError,
+    head_position,
+    last_event_id,
+    origin_allowed,
+    serve_frames,
+)
 from routing.wallboard import Listener, feed_of, merge_patch
 
 MAX_FRAME = 4 * 1024
@@ -85,7 +92,7 @@ class SupervisorSession:
         self.socket = socket
         self.agent = agent
         self.token_id = token_id
-        self.sent_upto = 0
+        self.stream = EventStream(rt.db, types=WIRE_TYPE, emit=self._emit, page=BACKLOG_PAGE)
         self.figures: dict[str, Any] = {}
         self.bucket = Bucket(RATE, BURST)
         self._send_lock = asyncio.Lock()
@@ -95,47 +102,18 @@ class SupervisorSession:
         async with self._send_lock:
             await self.socket.send_json(frame)
 
-    async def send_event(self, env: dict[str, Any]) -> None:
-        position = int(env.get("id") or 0)
-        if position <= self.sent_upto:
-            return  # seen: the relay may publish twice, the backlog overlaps live events
+    async def _emit(self, env: dict[str, Any]) -> None:
         kind = WIRE_TYPE.get(str(env.get("type")))
         if kind is not None:
             await self.send(
                 {
                     "type": kind,
-                    "id": position,
+                    "id": int(env.get("id") or 0),
                     "conversation_id": env.get("conversation_id"),
                     "agent_id": env.get("agent_id"),
                     "data": env.get("data") or {},
                 }
             )
-        self.sent_upto = position
-
-    async def backlog(self, after: int) -> None:
-        while True:
-            async with self.rt.db.read() as session:
-                rows = (
-                    await session.scalars(
-                        select(DomainEvent)
-                        .where(DomainEvent.position > after, DomainEvent.type.in_(WIRE_TYPE))
-                        .order_by(DomainEvent.position)
-                        .limit(BACKLOG_PAGE)
-                    )
-                ).all()
-            for event in rows:
-                await self.send_event(
-                    {
-                        "type": event.type,
-                        "id": event.position,
-                        "conversation_id": event.conversation_id,
-                        "agent_id": event.agent_id,
-                        "data": event.payload,
-                    }
-                )
-            if len(rows) < BACKLOG_PAGE:
-                return
-            after = int(rows[-1].position or after)
 
     async def snapshot(self) -> None:
         """A fresh ``metrics.snapshot``: it replaces whatever figures the client holds."""
@@ -144,7 +122,7 @@ class SupervisorSession:
             await self.send(
                 {
                     "type": "metrics.snapshot",
-                    "data": {"last_event_id": self.sent_upto, "metrics": figures},
+                    "data": {"last_event_id": self.stream.sent_upto, "metrics": figures},
                 }
             )
             self.figures = figures
@@ -167,7 +145,7 @@ class SupervisorSession:
             after = data.get("last_event_id")
             if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**62:
                 raise FrameError("bad_frame", "last_event_id must be an integer of at least 0")
-            await self.backlog(after)
+            await self.stream.resume(after)
             await self.snapshot()
         else:
             raise FrameError("unknown_type", f"unknown frame type {kind!r}")
@@ -201,18 +179,7 @@ async def supervisor_socket(socket: WebSocket[Any, Any, Any]) -> None:
     feed = feed_of(rt)
     listener = feed.join()
     try:
-        async with rt.db.read() as db:
-            head = int(await db.scalar(select(func.max(DomainEvent.position))) or 0)
-        raw_after = socket.query_params.get("last_event_id")
-        after = head
-        if raw_after is not None:
-            try:
-                after = max(0, min(int(raw_after), head))
-            except ValueError:
-                after = head
-        session.sent_upto = after
-        await session.backlog(after)
-        session.sent_upto = max(session.sent_upto, head)
+        await session.stream.start(last_event_id(socket), await head_position(rt.db))
         await session.snapshot()
         await _pump(session, live, listener)
     except WebSocketDisconnect:
@@ -237,7 +204,7 @@ async def _pump(session: SupervisorSession, live: Any, listener: Listener) -> No
                     await socket.close(code=4401, reason="signed out")
                     return
             else:
-                await session.send_event(message)
+                await session.stream.live(message)
 
     async def figures() -> None:
         while True:

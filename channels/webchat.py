@@ -43,7 +43,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Body, FromQuery
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,7 +66,7 @@ from contact_center.models import (
 from contact_center.outbound import OutboundMessage, SendResult
 from contact_center.relay import EVENTS_CHANNEL
 from contact_center.runtime import Runtime
-from contact_center.wsutil import Bucket, FrameError, serve_frames
+from contact_center.wsutil import Bucket, EventStream, FrameError, last_event_id, serve_frames
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,9 @@ class ChatSession:
         self.claim: dict[str, Any] = {}
         self.own: set[int] = set()  # conversations this visitor started
         self.conversations: set[int] = set()  # what the visitor may see (own, or verified)
-        self.sent_upto = 0
+        self.stream = EventStream(
+            rt.db, types=PUBLIC_EVENT_TYPES, emit=self._emit, scope=self._scope, page=500
+        )
         self.bucket = Bucket(RATE, BURST)
 
     async def _identity_row(self, session: AsyncSession) -> CustomerIdentity | None:
@@ -225,10 +227,13 @@ class ChatSession:
             return False
         return env.get("conversation_id") in self.conversations
 
-    async def send_event(self, env: dict[str, Any]) -> None:
-        position = int(env.get("id") or 0)
-        if position <= self.sent_upto:
-            return  # seen already (the relay may publish twice; the backlog overlaps live)
+    def _scope(self) -> ColumnElement[bool]:
+        """The stored events worth reading for this visitor: those of their conversations."""
+        if not self.conversations:
+            return false()
+        return DomainEvent.conversation_id.in_(self.conversations)
+
+    async def _emit(self, env: dict[str, Any]) -> None:
         if env.get("type") == "message.created" and env.get("conversation_id") not in (
             self.conversations
         ):
@@ -239,34 +244,7 @@ class ChatSession:
             data = env["data"]
             if env["type"] == "message.created":
                 data = public_message(data)
-            await self.socket.send_json({"type": env["type"], "id": position, "data": data})
-        self.sent_upto = position
-
-    async def backlog(self, after: int) -> None:
-        if not self.conversations:
-            return
-        async with self.rt.db.read() as session:
-            rows = (
-                await session.scalars(
-                    select(DomainEvent)
-                    .where(
-                        DomainEvent.position > after,
-                        DomainEvent.conversation_id.in_(self.conversations),
-                        DomainEvent.type.in_(PUBLIC_EVENT_TYPES),
-                    )
-                    .order_by(DomainEvent.position)
-                    .limit(1000)
-                )
-            ).all()
-        for event in rows:
-            await self.send_event(
-                {
-                    "type": event.type,
-                    "id": event.position,
-                    "conversation_id": event.conversation_id,
-                    "data": event.payload,
-                }
-            )
+            await self.socket.send_json({"type": env["type"], "id": int(env["id"]), "data": data})
 
     async def history(self) -> list[dict[str, Any]]:
         if not self.conversations:
@@ -312,7 +290,10 @@ class ChatSession:
         elif kind == "identify":
             await self.identify(data)
         elif kind == "resume":
-            await self.backlog(int(data.get("last_event_id") or 0))
+            after = data.get("last_event_id")
+            if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**62:
+                raise ValueError("last_event_id must be an integer of at least 0")
+            await self.stream.resume(after)
         else:
             raise ValueError(f"unknown frame type {kind!r}")
 
@@ -556,13 +537,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
             }
         )
         await socket.send_json({"type": "history", "data": {"messages": await chat.history()}})
-        try:
-            after = int(params.get("last_event_id") or head)
-        except ValueError:
-            after = head
-        chat.sent_upto = min(after, head)
-        await chat.backlog(chat.sent_upto)
-        chat.sent_upto = max(chat.sent_upto, head)
+        await chat.stream.start(last_event_id(socket), head)
         await _pump(chat, live)
     except WebSocketDisconnect:
         pass
@@ -588,7 +563,7 @@ async def _pump(chat: ChatSession, live: Any) -> None:
                 ):
                     await socket.send_json({"type": "typing", "data": message})
             else:
-                await chat.send_event(message)
+                await chat.stream.live(message)
 
     await serve_frames(
         lambda: socket.receive_data("text"),

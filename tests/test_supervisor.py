@@ -205,6 +205,33 @@ async def test_agent_state_events_resume_with_nothing_lost_or_repeated(
         assert error[-1]["data"]["code"] == "bad_frame"
 
 
+async def test_a_resume_frame_on_a_connection_opened_at_the_head_replays_what_it_missed(
+    rt: Runtime, live: LiveApp
+) -> None:
+    """A wallboard that connects without ?last_event_id (it starts at the head) and then sends
+    `resume` from an earlier id gets the events after it, in order, once."""
+    boss = await make_person(rt, "boss@test.local", Role.supervisor, None)
+    ayla = await make_agent(rt, "Ayla", available=False)
+    async with connect(ws_url(live, f"?token={boss.token}")) as ws:
+        mark = json.loads(await asyncio.wait_for(ws.recv(), 10))["data"]["last_event_id"]
+    for state in ("available", "away"):
+        response = await live.client.put(
+            f"/api/v1/agents/{ayla}/presence", json={"state": state}, headers=boss.headers
+        )
+        assert response.status_code == 200, response.text
+    async with connect(ws_url(live, f"?token={boss.token}")) as ws:
+        first = await frames_until(ws, lambda f: f["type"] == "metrics.snapshot")
+        assert [f for f in first if f["type"] == "agent.state"] == []  # starts at the head
+        await ws.send(json.dumps({"type": "resume", "data": {"last_event_id": mark}}))
+        frames = await frames_until(ws, lambda f: f["type"] == "metrics.snapshot")
+        events = [f for f in frames if f["type"] == "agent.state"]
+        assert [e["data"]["state"] for e in events] == ["available", "away"]
+        assert [e["id"] for e in events] == sorted({e["id"] for e in events})
+        await ws.send(json.dumps({"type": "resume", "data": {"last_event_id": mark}}))
+        again = await frames_until(ws, lambda f: f["type"] == "metrics.snapshot")
+        assert [f for f in again if f["type"] == "agent.state"] == []  # nothing twice
+
+
 async def test_sla_events_are_forwarded_unchanged(rt: Runtime, live: LiveApp) -> None:
     boss = await make_person(rt, "boss@test.local", Role.supervisor, None)
     async with connect(ws_url(live, f"?token={boss.token}")) as ws:

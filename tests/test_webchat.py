@@ -120,6 +120,34 @@ async def test_reload_keeps_the_conversation_and_resume_loses_nothing(
     )
 
 
+async def test_a_resume_frame_replays_what_the_visitor_missed_once(
+    rt: Runtime, live: LiveApp
+) -> None:
+    """A widget that reconnects without ?last_event_id (it starts at the head) and then sends
+    `resume` from the last id it saw gets the reply it missed, once; a bad mark is an error."""
+    async with connect(ws_url(live)) as ws:
+        token = (await recv(ws, "hello"))["data"]["visitor_token"]
+        await send(ws, "message.send", client_id="c1", text="first")
+        await recv(ws, "message.ack")
+        await relay(rt)
+        last_id = (await recv(ws, "message.created"))["id"]
+    await agent_reply(rt, "Hello from support")
+    await relay(rt)
+    async with connect(ws_url(live, visitor=token)) as ws:
+        await recv(ws, "hello")
+        await recv(ws, "history")
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # starts at the head
+        await send(ws, "resume", last_event_id=last_id)
+        frames = [f for f in await drain(ws) if "id" in f]
+        created = [f["data"]["text"] for f in frames if f["type"] == "message.created"]
+        assert created == ["Hello from support"]
+        assert [f["id"] for f in frames] == sorted({f["id"] for f in frames})
+        await send(ws, "resume", last_event_id=last_id)
+        assert [f for f in await drain(ws, 0.5) if "id" in f] == []  # nothing twice
+        await send(ws, "resume", last_event_id="soon")
+        assert (await recv(ws, "error"))["data"]["code"] == "bad_frame"
+
+
 async def test_live_reply_and_typing_reach_the_visitor(rt: Runtime, live: LiveApp) -> None:
     async with connect(ws_url(live)) as ws:
         await recv(ws, "hello")
