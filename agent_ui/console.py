@@ -176,7 +176,7 @@ async def login(
         )
     client = request.client.host if request.client else "?"
     keys = (f"email:{email}", f"ip:{client}")
-    if throttle.blocked(*keys):
+    if await throttle.blocked(rt.settings.redis_url, *keys):
         return _page(
             "login.html",
             429,
@@ -191,7 +191,7 @@ async def login(
     async with rt.db.write() as session:
         agent = await authenticate_password(session, email, data.password[:1024])
         if agent is None:
-            throttle.failed(*keys)
+            await throttle.failed(rt.settings.redis_url, *keys)
             return _page(
                 "login.html",
                 401,
@@ -204,7 +204,7 @@ async def login(
                 error="Wrong email or password.",
             )
         token = await issue_token(session, agent, rt=rt, kind="session")
-    throttle.succeeded(keys[0])
+    await throttle.succeeded(rt.settings.redis_url, keys[0])
     landing = _landing(data.next)
     conversation = _conversation_link(data.conversation)
     if landing == "/agent" and conversation:

@@ -212,7 +212,14 @@ def require(role: Role) -> Any:
 
 
 class LoginThrottle:
-    """At most ``limit`` failed sign-ins per key (email, client address) in ``window`` seconds."""
+    """At most ``limit`` failed sign-ins per key (email, client address) in ``window`` seconds.
+
+    With Redis configured the failures are counted there (a sorted set per key, expiring with
+    the window), so every web process behind a load balancer counts the same ones and a
+    guesser gains nothing by spreading attempts over processes; embedded (one process) they
+    are counted in memory."""
+
+    PREFIX = "cc:login-failures:"
 
     def __init__(self, limit: int = 10, window: float = 900.0) -> None:
         self.limit = limit
@@ -226,14 +233,52 @@ class LoginThrottle:
             bucket.popleft()
         return bucket
 
-    def blocked(self, *keys: str) -> bool:
-        return any(len(self._recent(k)) >= self.limit for k in keys)
+    @staticmethod
+    def _redis(redis_url: str) -> Any:
+        import redis.asyncio as aioredis
 
-    def failed(self, *keys: str) -> None:
-        for key in keys:
-            self._recent(key).append(time.monotonic())
-        if len(self._failures) > 100_000:
-            self._failures.clear()
+        # A client per call: sign-ins are rare, and a client is bound to its event loop.
+        return aioredis.Redis.from_url(redis_url, socket_timeout=2)
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def blocked(self, redis_url: str | None, *keys: str) -> bool:
+        if not redis_url:
+            return any(len(self._recent(k)) >= self.limit for k in keys)
+        since = time.time() - self.window
+        client = self._redis(redis_url)
+        try:
+            for key in keys:
+                if await client.zcount(self.PREFIX + key, since, "+inf") >= self.limit:
+                    return True
+            return False
+        finally:
+            await client.aclose()
+
+    async def failed(self, redis_url: str | None, *keys: str) -> None:
+        if not redis_url:
+            for key in keys:
+                self._recent(key).append(time.monotonic())
+            if len(self._failures) > 100_000:
+                self._failures.clear()
+            return
+        now = time.time()
+        client = self._redis(redis_url)
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    name = self.PREFIX + key
+                    pipe.zadd(name, {secrets.token_hex(8): now})
+                    pipe.zremrangebyscore(name, "-inf", now - self.window)
+                    pipe.expire(name, int(self.window) + 1)
+                await pipe.execute()
+        finally:
+            await client.aclose()
+
+    async def succeeded(self, redis_url: str | None, key: str) -> None:
+        if not redis_url:
+            self._failures.pop(key, None)
+            return
+        client = self._redis(redis_url)
+        try:
+            await client.delete(self.PREFIX + key)
+        finally:
+            await client.aclose()

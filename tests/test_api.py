@@ -116,6 +116,31 @@ async def test_login_is_throttled_after_ten_failures(client: httpx.AsyncClient, 
     assert (await login(client, "agent@test.local")).status_code == 429
 
 
+async def test_the_login_throttle_is_shared_by_every_web_process_through_redis(
+    rt: Runtime, backend: str
+) -> None:
+    """Two throttles stand for two web processes behind a load balancer: with Redis they
+    count the same failures, so spreading guesses over processes gains nothing; embedded (one
+    process) each counts its own. A success clears the email's count, not the address's."""
+    url = rt.settings.redis_url
+    first, second = LoginThrottle(limit=10), LoginThrottle(limit=10)
+    keys = ("email:ann@example.com", "ip:203.0.113.9")
+    for _ in range(6):
+        await first.failed(url, *keys)
+    for _ in range(4):
+        await second.failed(url, *keys)
+    if backend == "sqlite":
+        assert url is None
+        assert not await first.blocked(url, *keys)
+        return
+    assert await first.blocked(url, *keys)
+    assert await second.blocked(url, *keys)
+    assert await second.blocked(url, "email:someone-else@example.com", "ip:203.0.113.9")
+    await first.succeeded(url, "email:ann@example.com")
+    assert not await second.blocked(url, "email:ann@example.com")
+    assert await second.blocked(url, "ip:203.0.113.9")
+
+
 async def test_logout_revokes_only_that_token(client: httpx.AsyncClient, org: Org) -> None:
     token = (await login(client, "agent@test.local")).json()["token"]
     assert (await me(client, bearer(token))).status_code == 200

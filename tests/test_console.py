@@ -48,7 +48,8 @@ PASSWORD = "password-123"  # tests.helpers.make_person's
 
 @pytest.fixture(autouse=True)
 def fresh_throttle() -> Iterator[None]:
-    """The sign-in throttle counts per process: each test starts with a clean slate."""
+    """The sign-in throttle counts in memory embedded (and in Redis, flushed per test, with
+    the postgres backend): each test starts with a clean slate."""
     throttle._failures.clear()
     yield
     throttle._failures.clear()

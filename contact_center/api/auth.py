@@ -48,16 +48,16 @@ class AuthController(Controller):
         email = data.email.strip().lower()[:254]
         client = request.client.host if request.client else "?"
         keys = (f"email:{email}", f"ip:{client}")
-        if throttle.blocked(*keys):
+        if await throttle.blocked(rt.settings.redis_url, *keys):
             raise TooManyRequestsException("too many failed sign-ins; wait a few minutes")
         async with rt.db.write() as session:
             agent = await authenticate_password(session, email, data.password[:1024])
             if agent is None:
-                throttle.failed(*keys)
+                await throttle.failed(rt.settings.redis_url, *keys)
                 raise NotAuthorizedException("wrong email or password")
             token = await issue_token(session, agent, rt=rt)
             view = agent_view(agent)
-        throttle.succeeded(keys[0])
+        await throttle.succeeded(rt.settings.redis_url, keys[0])
         return {"token": token, "agent": view}
 
     @post("/logout", status_code=200)
