@@ -63,6 +63,7 @@ PERSONAL = frozenset(
         "offer.withdrawn",
         "presence.updated",
         "mention.created",
+        "conversation.read",
     }
 )
 # Events about a conversation, sent when the agent may see the conversation.

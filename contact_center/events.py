@@ -28,6 +28,8 @@ EVENT_TYPES: Final = frozenset(
         "message.updated",
         # An internal note names an agent ("@ayse"): to that agent only.
         "mention.created",
+        # An agent's read marker moved: to that agent's own sockets (other tabs, devices).
+        "conversation.read",
     }
 )
 

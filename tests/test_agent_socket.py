@@ -405,3 +405,38 @@ async def test_a_closed_socket_past_the_grace_period_sets_the_agent_offline(
         assert again is not None and again.agent_id == org.supervisor.id
     else:
         assert await assignee(rt, conv) == org.agent.id
+
+
+async def test_reading_in_one_tab_clears_the_count_in_the_agents_other_tabs(
+    rt: Runtime, org: Org, live: LiveApp
+) -> None:
+    """POST .../read moves the agent's marker: every socket of that agent gets
+    `conversation.read` with the new count; nobody else does; a read that moves nothing sends
+    nothing."""
+    conversation_id = await arrive(rt, "hello?")
+    await relay(rt)
+    bearer = {"Authorization": f"Bearer {org.agent.token}"}
+    async with (
+        connect(ws_url(live, org.agent.token)) as tab1,
+        connect(ws_url(live, org.agent.token)) as tab2,
+        connect(ws_url(live, org.supervisor.token)) as boss,
+    ):
+        for ws in (tab1, tab2, boss):
+            await recv(ws, "hello")
+        read = await live.client.post(
+            f"/api/v1/conversations/{conversation_id}/read", headers=bearer
+        )
+        assert read.status_code == 200, read.text
+        await relay(rt)
+        for ws in (tab1, tab2):
+            frame = await recv(ws, "conversation.read")
+            assert frame["conversation_id"] == conversation_id
+            assert frame["data"]["unread_count"] == 0
+            assert frame["data"]["last_read_message_id"] == read.json()["last_read_message_id"]
+        assert [f for f in await drain(boss, 0.5) if f["type"] == "conversation.read"] == []
+        again = await live.client.post(
+            f"/api/v1/conversations/{conversation_id}/read", headers=bearer
+        )
+        assert again.status_code == 200
+        await relay(rt)
+        assert [f for f in await drain(tab1, 0.5) if f["type"] == "conversation.read"] == []

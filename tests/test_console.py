@@ -963,6 +963,18 @@ async def test_unread_counts_come_from_the_server_and_survive_a_reload(
     await page.reload()
     await expect(count).to_have_attribute("data-count", "0")
 
+    # A second tab of the same agent: reading in one clears the count in the other, live.
+    tab = await page.context.new_page()
+    await tab.goto(live.url + "/agent")
+    other_in_tab = tab.locator(f'#conversations [data-conversation-id="{second}"] .unread')
+    await expect(other_in_tab).to_have_attribute("data-count", "0")
+    await ingest(rt, sms("five", sid="SM-unread-6", phone="+14155552002"))
+    await expect(other).to_have_attribute("data-count", "1")
+    await expect(other_in_tab).to_have_attribute("data-count", "1")
+    await page.locator(f'#conversations [data-conversation-id="{second}"]').click()
+    await expect(other).to_have_attribute("data-count", "0")
+    await expect(other_in_tab).to_have_attribute("data-count", "0")
+
 
 @pytest.mark.browser
 async def test_a_bad_time_zone_leaves_the_console_working_and_an_agent_sets_their_own(

@@ -183,6 +183,12 @@ function handle(frame) {
     case "mention.created":
       showMention(data);
       break;
+    case "conversation.read":
+      // Read in another tab or on another device (or this one): the server's count.
+      if (state.conversations.has(data.conversation_id)) {
+        setUnread(data.conversation_id, data.conversation_id === state.open ? 0 : data.unread_count);
+      }
+      break;
     case "sla.warning":
     case "sla.breached":
       showSlaAlert(frame.type, data);

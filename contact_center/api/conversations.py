@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from contact_center import events
 from contact_center.api.common import (
     Page,
     clamp,
@@ -55,6 +56,10 @@ class ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
 class ReadBody(msgspec.Struct, forbid_unknown_fields=True):
     # Read up to this message (default: the conversation's latest).
     message_id: int | None = None
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def unread_counts(session: Any, agent_id: int, conversation_ids: list[int]) -> dict[int, int]:
@@ -295,7 +300,7 @@ class ConversationController(Controller):
                 upto = data.message_id
             now = rt.clock.now()
             insert = sqlite_insert if rt.db.is_sqlite else pg_insert
-            await session.execute(
+            inserted = await session.execute(
                 insert(ConversationRead)
                 .values(
                     agent_id=agent.id,
@@ -305,7 +310,7 @@ class ConversationController(Controller):
                 )
                 .on_conflict_do_nothing(index_elements=["agent_id", "conversation_id"])
             )
-            await session.execute(
+            moved = await session.execute(
                 update(ConversationRead)
                 .where(
                     ConversationRead.agent_id == agent.id,
@@ -322,11 +327,24 @@ class ConversationController(Controller):
             )
             await session.flush()
             unread = await unread_counts(session, agent.id, [conv.id])
-            return {
+            view = {
                 "conversation_id": conv.id,
                 "last_read_message_id": marker,
                 "unread_count": unread.get(conv.id, 0),
             }
+            if _rowcount(inserted) or _rowcount(moved):
+                # The agent's other tabs and devices clear the count live (their own sockets
+                # only: the socket's PERSONAL events).
+                events.append(
+                    session,
+                    "conversation.read",
+                    view,
+                    clock=rt.clock,
+                    conversation_id=conv.id,
+                    agent_id=agent.id,
+                )
+        await rt.committed()
+        return view
 
     @patch("/{conversation_id:int}")
     async def update_conversation(
