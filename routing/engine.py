@@ -556,6 +556,17 @@ def frees_or_changes_agents(env: dict[str, Any]) -> bool:
     return False
 
 
+def may_need_task(env: dict[str, Any]) -> bool:
+    """Events naming a conversation that may need a live task: created, updated, or
+    assigned to nobody (unassigned). An assignment to an agent (the engine's own among them)
+    ends the need, so it wakes no pass for that conversation."""
+    if env.get("type") not in ROUTABLE or not env.get("conversation_id"):
+        return False
+    if env.get("type") == "conversation.assigned":
+        return (env.get("data") or {}).get("assignee_id") is None
+    return True
+
+
 # --------------------------------------------------------------------------- exclusions
 
 
@@ -1631,9 +1642,7 @@ class RoutingEngine:
                     ids = [
                         int(env["conversation_id"])
                         for channel, env in pending
-                        if channel == EVENTS_CHANNEL
-                        and env.get("type") in ROUTABLE
-                        and env.get("conversation_id")
+                        if channel == EVENTS_CHANNEL and may_need_task(env)
                     ]
                     if now >= next_full:
                         next_full = now + tick
@@ -1647,7 +1656,12 @@ class RoutingEngine:
                         )
                         if sweep and await self.reconcile():
                             await self.run_pass(full=False, agents_changed=False)
-                    elif pending:
+                    elif ids or changed or any(ch != EVENTS_CHANNEL for ch, _ in pending):
+                        # Only what can make an offer possible wakes a quick pass: a
+                        # conversation that may need a task, a change to the agents, a wake-up
+                        # or a reloaded snapshot. The engine's own offers and assignments,
+                        # messages and the like do not (a pass for each of them queued the next
+                        # arrival behind a plan over every agent); the tick still runs.
                         await self.run_pass(full=False, conversations=ids, agents_changed=False)
                 except Exception:
                     log.exception("routing pass failed; retrying")

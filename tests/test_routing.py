@@ -740,3 +740,49 @@ async def test_the_running_engine_reacts_to_arrivals_and_presence(rt: Runtime) -
     finally:
         stop.set()
         await asyncio.wait_for(runner, 10)
+
+
+async def test_only_events_that_may_need_a_task_name_conversations_for_a_quick_pass(
+    rt: Runtime,
+) -> None:
+    """The running engine routes the conversations its events name. An arrival and an
+    unassignment (going offline re-queues the chat) name theirs; the engine's own offer and
+    auto-accepted assignment do not, so they wake no extra pass over every agent that would
+    hold up the next arrival (and an agent-changing event still reloads the snapshot)."""
+    from contact_center.events import envelope
+    from routing.engine import frees_or_changes_agents, may_need_task
+
+    await make_inbox(rt)
+    await make_queue(rt, is_default=True, auto_accept=["chat"])
+    agent = await make_agent(rt, "Agent")
+    conv = await arrive(rt, "hello")
+    assert await engine(rt).run_pass() == 1
+    assert await assignee(rt, conv) == agent
+    await presence(rt, agent, Presence.offline)  # the chat is re-queued (unassigned)
+    assert await assignee(rt, conv) is None
+    async with rt.db.read() as session:
+        rows = (
+            await session.scalars(
+                select(DomainEvent)
+                .where(DomainEvent.conversation_id == conv)
+                .order_by(DomainEvent.id)
+            )
+        ).all()
+    named = [
+        (e.type, e.payload.get("reason"))
+        for e in rows
+        if may_need_task(envelope(e)) and not frees_or_changes_agents(envelope(e))
+    ]
+    assert named == [("conversation.created", None)]
+    unassigned = [
+        e for e in rows if e.type == "conversation.assigned" and e.payload["assignee_id"] is None
+    ]
+    assert unassigned and all(may_need_task(envelope(e)) for e in unassigned)
+    own = [
+        e
+        for e in rows
+        if e.type in ("offer.created", "offer.accepted")
+        or (e.type == "conversation.assigned" and e.payload.get("reason") == "auto-accepted")
+    ]
+    assert len(own) == 3
+    assert not any(may_need_task(envelope(e)) for e in own)
