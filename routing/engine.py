@@ -654,6 +654,11 @@ class RoutingEngine:
         # passes reuse it; full passes and agent-side events reload it. Only a proposal:
         # commit_offers re-checks everything in the database.
         self._snapshot: dict[int, Candidate] | None = None
+        # The plan's heaps per group, kept across passes while the snapshot is the same
+        # (within one snapshot every strategy key only grows and a full agent stays full, so
+        # the lazy refresh stays right); building them walked every agent on every arrival.
+        self._heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]] = {}
+        self._heaps_of: dict[int, Candidate] | None = None
 
     # ----- tasks
 
@@ -1024,7 +1029,9 @@ class RoutingEngine:
             if not candidates:
                 return []
             queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
-            heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]] = {}
+            if self._heaps_of is not candidates:
+                self._heaps, self._heaps_of = {}, candidates
+            heaps = self._heaps
             last_rank: tuple[float, int] | None = None
             while True:
                 query = (
@@ -1081,7 +1088,9 @@ class RoutingEngine:
             elif sticky is None and await self._sticky_busy(session, sticky_id, task, queue):
                 return None
         stage = (task.skills_dropped, task.any_team_agent)
-        group = (queue.id, task.channel, task.language, stage)
+        # The queue's settings are part of the group: heaps outlive a pass, an edit does not.
+        settings = (queue.strategy, queue.team_id, tuple(sorted((queue.skills or {}).items())))
+        group = (queue.id, settings, task.channel, task.language, stage)
         heap = heaps.get(group)
         if heap is None:
             heap = [

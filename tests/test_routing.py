@@ -786,3 +786,32 @@ async def test_only_events_that_may_need_a_task_name_conversations_for_a_quick_p
     ]
     assert len(own) == 3
     assert not any(may_need_task(envelope(e)) for e in own)
+
+
+async def test_a_queue_edited_between_quick_passes_is_planned_with_its_new_skills(
+    rt: Runtime,
+) -> None:
+    """Quick passes keep the plan's heaps while the agents' snapshot stands; a queue whose
+    required skills were raised meanwhile must not be offered to an agent who no longer
+    qualifies (its heap is built anew)."""
+    from routing.models import Queue
+
+    await make_inbox(rt)
+    queue = await make_queue(rt, is_default=True)
+    agent = await make_agent(rt, "Agent", skills={"support": 1}, capacity={"chat": 5})
+    first = await arrive(rt, "hello")
+    assert await engine(rt).run_pass(full=False, conversations=[first]) == 1
+    async with rt.db.write() as session:
+        row = await session.get(Queue, queue)
+        assert row is not None
+        row.skills = {"support": 3}
+    second = await arrive(rt, "anyone?")
+    made = await engine(rt).run_pass(full=False, conversations=[second], agents_changed=False)
+    assert made == 0 and await offer_for(rt, second) is None
+    async with rt.db.write() as session:
+        row = await session.get(Queue, queue)
+        assert row is not None
+        row.skills = {"support": 1}
+    made = await engine(rt).run_pass(full=False, conversations=[second], agents_changed=False)
+    offer = await offer_for(rt, second)
+    assert made == 1 and offer is not None and offer.agent_id == agent
