@@ -13,17 +13,17 @@ import contextlib
 import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import lazyload
+from sqlalchemy.orm import InstrumentedAttribute, lazyload
 
 from contact_center import events
 from contact_center.models import (
@@ -198,6 +198,27 @@ async def set_presence(
     return status
 
 
+M = TypeVar("M")
+
+
+async def lock_in_id_order(
+    session: AsyncSession,
+    model: type[M],
+    key: InstrumentedAttribute[int],
+    ids: Collection[int],
+    *,
+    fresh: bool = False,
+) -> dict[int, M]:
+    """Lock the rows whose ``key`` is in ``ids``, in key order (so two transactions locking
+    overlapping sets cannot deadlock on them), by key; ``fresh`` reloads rows this session
+    already holds."""
+    query = select(model).where(key.in_(ids)).order_by(key).with_for_update()
+    if fresh:
+        query = query.execution_options(populate_existing=True)
+    rows = (await session.scalars(query)).all()
+    return {int(getattr(row, key.key)): row for row in rows}
+
+
 async def withdraw_offers(
     session: AsyncSession,
     clock: Clock,
@@ -217,17 +238,7 @@ async def withdraw_offers(
     task_ids = sorted(set((await session.scalars(query)).all()))
     if not task_ids:
         return 0
-    tasks = {
-        t.id: t
-        for t in (
-            await session.scalars(
-                select(RoutingTask)
-                .where(RoutingTask.id.in_(task_ids))
-                .order_by(RoutingTask.id)
-                .with_for_update()
-            )
-        ).all()
-    }
+    tasks = await lock_in_id_order(session, RoutingTask, RoutingTask.id, task_ids)
     offers = (
         await session.scalars(
             select(Offer)
@@ -1073,21 +1084,23 @@ class RoutingEngine:
         heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]],
         now: datetime,
     ) -> Candidate | None:
+        stage = (task.skills_dropped, task.any_team_agent)
         sticky_id = task.sticky_agent_id
-        if sticky_id is not None and task.sticky_until and task.sticky_until > now:
+        if (
+            sticky_id is not None
+            and task.sticky_until
+            and task.sticky_until > now
+            and sticky_id not in exclusions(task.excluded)
+        ):
             # Wait for the agent who helped last time only while they could take it soon:
-            # available but full, or busy, and qualified. Declined or missed it, not
-            # qualified, away or offline: the task routes to anyone at once.
+            # available but full, or busy, and qualified. Declined or missed it (excluded
+            # above), not qualified, away or offline: the task routes to anyone at once.
             # (One who refused it is, after the cool-down, only a fallback of the normal pick.)
             sticky = candidates.get(sticky_id)
-            stage = (task.skills_dropped, task.any_team_agent)
-            if sticky_id in exclusions(task.excluded):
-                pass  # declined or missed it: the normal pick
-            elif sticky is not None and self.fits_group(sticky, queue, task.language, stage):
+            if sticky is not None and self.fits_group(sticky, queue, task.language, stage):
                 return sticky if has_room(sticky.agent, sticky.load, task.channel) else None
-            elif sticky is None and await self._sticky_busy(session, sticky_id, task, queue):
+            if sticky is None and await self._sticky_busy(session, sticky_id, task, queue):
                 return None
-        stage = (task.skills_dropped, task.any_team_agent)
         # The queue's settings are part of the group: heaps outlive a pass, an edit does not.
         settings = (queue.strategy, queue.team_id, tuple(sorted((queue.skills or {}).items())))
         group = (queue.id, settings, task.channel, task.language, stage)
@@ -1177,17 +1190,7 @@ class RoutingEngine:
         now = self.clock.now()
         async with self.rt.db.write() as session:
             agent_ids = sorted({p.agent_id for p in planned})
-            statuses = {
-                s.agent_id: s
-                for s in (
-                    await session.scalars(
-                        select(AgentStatus)
-                        .where(AgentStatus.agent_id.in_(agent_ids))
-                        .order_by(AgentStatus.agent_id)
-                        .with_for_update()
-                    )
-                ).all()
-            }
+            statuses = await lock_in_id_order(session, AgentStatus, AgentStatus.agent_id, agent_ids)
             agents = {
                 a.id: a
                 for a in (
@@ -1211,18 +1214,9 @@ class RoutingEngine:
                     ).all()
                 )
             )
-            conversations = {
-                c.id: c
-                for c in (
-                    await session.scalars(
-                        select(Conversation)
-                        .where(Conversation.id.in_(conversation_ids))
-                        .order_by(Conversation.id)
-                        .with_for_update()
-                        .execution_options(populate_existing=True)
-                    )
-                ).all()
-            }
+            conversations = await lock_in_id_order(
+                session, Conversation, Conversation.id, conversation_ids, fresh=True
+            )
             tasks_table: Table = RoutingTask.__table__  # type: ignore[assignment]
             claimed = set(
                 (
