@@ -25,8 +25,9 @@ from contact_center.scheduler import Periodic, Scheduler
 from contact_center.settings import Settings, get_settings
 from routing import engine as routing_engine
 from routing import escalation, metrics, sla
+from tickets import service as tickets
 
-register_event_types(*routing_engine.EVENT_TYPES, *sla.EVENT_TYPES)
+register_event_types(*routing_engine.EVENT_TYPES, *sla.EVENT_TYPES, *tickets.EVENT_TYPES)
 metrics.register_snapshot_extension(sla.snapshot_extension)
 
 
