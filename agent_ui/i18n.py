@@ -57,6 +57,8 @@ JS_STRINGS = {
     "channel_email": "Email",
     "channel_webchat": "Web chat",
     "channel_voice": "Phone call",
+    # Identity kind: a number SMS, WhatsApp and calls share.
+    "channel_phone": "Phone",
     "delivery_received": "received",
     "delivery_queued": "queued",
     "delivery_sending": "sending",

@@ -521,9 +521,9 @@ async def test_the_customer_panel_shows_every_channel_and_past_conversations_and
     await expect(panel).to_be_visible()
     await expect(panel.locator("#identities li")).to_have_text(
         [
-            "phone +14155550100",
-            "email deniz@example.com",
-            "webchat v1 unverified email deniz@example.com",
+            "Phone +14155550100",
+            "Email deniz@example.com",
+            "Web chat v1 unverified email deniz@example.com",
         ],
         ignore_case=True,
     )
@@ -676,7 +676,7 @@ async def test_merging_the_customer_into_another_brings_their_channels_together(
     await page.get_by_role("button", name="Sign in").click()
     await page.locator("#conversations .conversation-item").click()
     identities = page.locator("#identities li")
-    await expect(identities).to_have_text(["phone +14155550100"])
+    await expect(identities).to_have_text(["Phone +14155550100"])  # the kind by its name
     await page.get_by_label("Merge into customer #").fill(str(other.customer_id))
     await page.get_by_role("button", name="Merge", exact=True).click()
     await expect(identities).to_have_count(2)
@@ -785,7 +785,7 @@ async def test_an_agent_answers_an_sms_by_email_when_the_customer_has_an_address
         await page.locator("#conversations .conversation-item").click()
         via = page.get_by_label("Send via")
         await expect(via).to_be_visible()
-        await via.select_option(label="Email (email: can@example.org)")
+        await via.select_option(label="Email (Email: can@example.org)")
         await page.get_by_label("Reply", exact=True).fill("The invoice is attached to this mail.")
         await page.get_by_role("button", name="Send").click()
         sent = page.locator("#timeline .msg").filter(has_text="The invoice is attached")

@@ -411,7 +411,7 @@ async function openConversation(id) {
   if (state.open !== id) return;
   markRead(id);
   $("conv-title").textContent = customerLabel(conv, id);
-  const identities = (conv.customer?.identities || []).map((i) => `${i.kind} ${i.address}`).join(" · ");
+  const identities = (conv.customer?.identities || []).map((i) => `${channelName(i.kind)} ${i.address}`).join(" · ");
   $("conv-meta").textContent = [channelName(conv.channel), identities].filter(Boolean).join(" · ");
   showStatus(conv.status);
   loadSla(id);
@@ -547,7 +547,7 @@ async function loadReplyChannels(id) {
   const select = $("reply-via");
   select.replaceChildren();
   for (const c of channels) {
-    const option = el("option", "", c.to_address ? `${c.name} (${c.kind}: ${c.to_address})` : `${c.name} (${c.kind})`);
+    const option = el("option", "", c.to_address ? `${c.name} (${channelName(c.kind)}: ${c.to_address})` : `${c.name} (${channelName(c.kind)})`);
     option.value = c.inbox_id;
     option.selected = Boolean(c.current);
     select.append(option);
@@ -656,7 +656,7 @@ function showCustomer(customer, conversationId) {
   $("identities").replaceChildren(
     ...(customer.identities || []).map((i) => {
       const item = el("li");
-      item.append(el("span", "channel", i.kind), " ", i.address);
+      item.append(el("span", "channel", channelName(i.kind)), " ", i.address);
       // A web chat visitor linked by a pre-chat email: did the site vouch for it?
       const claim = i.extra?.email;
       if (claim) item.append(" ", el("span", "channel", t(i.extra.email_verified ? "email_verified" : "email_unverified", { email: claim })));
