@@ -6,6 +6,7 @@ PostgreSQL the jobs run on real rq workers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from websockets.asyncio.client import connect
 
 from contact_center.clock import ManualClock
 from contact_center.conversations import change_conversation
@@ -28,9 +30,10 @@ from contact_center.models import (
 )
 from contact_center.runtime import Runtime
 from routing.engine import may_need_task
-from tests.helpers import Person, ingest, make_inbox, make_person, settle, sms
+from tests.helpers import Person, ingest, make_inbox, make_person, relay, settle, sms
 from tests.live import LiveApp, live_app
 from tests.standins.twilio import TwilioStandIn, running
+from tests.wshelpers import drain, recv, send
 from tickets import surveys
 from tickets.models import SatisfactionSurvey, Ticket, TicketStatus
 from tickets.service import change_ticket, create_ticket
@@ -565,3 +568,96 @@ async def test_the_list_api_filters_and_includes_merged_customers(
         "/api/v1/surveys/summary", params={"from": "yesterday"}, headers=agent.headers
     )
     assert bad.status_code == 400 and bad.json()["extra"]["field"] == "from"
+
+
+# -- web chat -----------------------------------------------------------------------------------
+
+
+def chat_url(live: LiveApp, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"inbox": "webchat", **params}.items())
+    return live.url.replace("http://", "ws://") + f"/ws/chat?{query}"
+
+
+async def test_a_web_chat_visitor_gets_the_survey_and_answers_it_on_the_socket(
+    rt: Runtime, agent: Person
+) -> None:
+    await make_inbox(rt, "webchat", "webchat", "site", credentials={})
+    async with (
+        live_app(rt) as live,
+        connect(chat_url(live)) as visitor,
+        connect(chat_url(live)) as stranger,
+    ):
+        await recv(visitor, "hello")
+        await send(visitor, "message.send", client_id="c1", text="My order never came")
+        conversation_id = (await recv(visitor, "message.ack"))["data"]["conversation_id"]
+        token = (await recv(stranger, "hello"))["data"]["visitor_token"]
+        await send(stranger, "message.send", client_id="c1", text="Hello?")
+        await recv(stranger, "message.ack")
+        await relay(rt)
+        ticket_id = await open_ticket(rt, conversation_id=conversation_id, assignee_id=agent.id)
+        await set_status(rt, ticket_id, TicketStatus.solved)
+        await settle(rt)
+
+        survey = await the_survey(rt)
+        request = await recv(visitor, "survey.request")
+        assert request["id"] > 0
+        data = request["data"]
+        assert data["survey_id"] == survey.id and data["token"] == survey.token
+        assert data["conversation_id"] == conversation_id
+        assert data["expires_at"] == surveys.survey_view(survey)["expires_at"]
+        assert data["language"] == "en" and len(data["text"]["choices"]) == 5
+        # The request message itself is in the chat too, with the link.
+        async with rt.db.read() as session:
+            message = await session.get(Message, survey.message_id)
+        assert message is not None and message.conversation_id == conversation_id
+        assert survey.token in message.text
+
+        # Another visitor sees nothing of it and cannot answer it, by token or by id.
+        seen = await drain(stranger, quiet=1.0)
+        assert not [f for f in seen if f["type"] == "survey.request"]
+        assert all(survey.token not in json.dumps(f) for f in seen)
+        await send(stranger, "survey.answer", token=survey.token, score=1)
+        refused = await recv(stranger, "error")
+        assert refused["data"]["code"] == "not_found" and refused["data"]["for"] == "survey.answer"
+        await send(stranger, "survey.answer", survey_id=survey.id, score=1)
+        assert (await recv(stranger, "error"))["data"]["code"] == "not_found"
+        assert (await the_survey(rt)).score is None
+
+        # The visitor: a bad score is refused with a message, then the answer, then a change.
+        await send(visitor, "survey.answer", token=survey.token, score=9)
+        bad = await recv(visitor, "error")
+        assert bad["data"]["code"] == "bad_answer" and "score" in bad["data"]["message"]
+        await send(visitor, "survey.answer", token=survey.token, score=5, comment="Fast!")
+        answered = await recv(visitor, "survey.answered")
+        assert answered["data"]["survey_id"] == survey.id
+        assert (answered["data"]["score"], answered["data"]["comment"]) == (5, "Fast!")
+        await send(visitor, "survey.answer", survey_id=survey.id, score=4)
+        assert (await recv(visitor, "survey.answered"))["data"]["score"] == 4
+
+    done = await the_survey(rt)
+    assert (done.status, done.score, done.comment) == ("answered", 4, None)
+    assert [a["score"] for a in await events_of(rt, "survey.answered")] == [5, 4]
+    assert token  # the stranger was a visitor of their own all along
+
+
+async def test_a_returning_visitor_gets_the_request_again_with_the_answer(
+    rt: Runtime, agent: Person
+) -> None:
+    await make_inbox(rt, "webchat", "webchat", "site", credentials={})
+    async with live_app(rt) as live:
+        async with connect(chat_url(live)) as visitor:
+            hello = await recv(visitor, "hello")
+            token, last = hello["data"]["visitor_token"], hello["data"]["last_event_id"]
+            await send(visitor, "message.send", client_id="c1", text="Hi")
+            conversation_id = (await recv(visitor, "message.ack"))["data"]["conversation_id"]
+        ticket_id = await open_ticket(rt, conversation_id=conversation_id, assignee_id=agent.id)
+        await set_status(rt, ticket_id, TicketStatus.solved)
+        await settle(rt)
+        survey = await the_survey(rt)
+        await surveys.record_answer(rt, token=survey.token, score=3, comment="ok")
+        await relay(rt)
+        # Back from the last event the widget saw: the request comes from the backlog,
+        # carrying the answer given meanwhile (the widget shows it as answered).
+        async with connect(chat_url(live, visitor=token, last_event_id=last)) as visitor:
+            request = await recv(visitor, "survey.request")
+            assert (request["data"]["score"], request["data"]["comment"]) == (3, "ok")
