@@ -8,7 +8,8 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 ``message.send``), ``typing`` (an agent types), ``error``. Client -> server: ``message.send``
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
 ``identify`` ``{name, email, identity_hash?}`` (pre-chat form or a signed-in user),
-``resume`` ``{last_event_id}``, ``ping``.
+``resume`` ``{last_event_id}``, ``ping``. Other packages add frames through ``extend`` (the
+composition root registers the satisfaction survey's ``survey.request`` and ``survey.answer``).
 ``hello`` also says whether the inbox is open now (its ``settings.business_hours`` calendar);
 when it is closed the widget shows a message form instead, posted to ``/webchat/offline``
 (``channels/webchat_offline.py``).
