@@ -85,20 +85,26 @@ OFFLINE_MESSAGE = "We're away right now. Leave a message and we'll get back to y
 # Other packages extend the visitor's protocol through the composition root (``extend``):
 # an outbox event of the visitor's conversations becomes a frame of its own (the mapper may
 # read the database; None sends nothing), and a client frame type gets a handler given the
-# conversations the visitor may see (it answers with a frame, or raises FrameError).
+# conversations the visitor may see (it answers with a frame, or raises FrameError); a history
+# hook adds frames sent after ``history`` at connect (what is still pending for the visitor).
 VisitorEvent = Callable[[Runtime, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 VisitorFrame = Callable[[Runtime, set[int], dict[str, Any]], Awaitable[dict[str, Any]]]
+VisitorHistory = Callable[[Runtime, set[int]], Awaitable[list[dict[str, Any]]]]
 VISITOR_EVENTS: dict[str, VisitorEvent] = {}
 VISITOR_FRAMES: dict[str, VisitorFrame] = {}
+VISITOR_HISTORY: list[VisitorHistory] = []
 
 
 def extend(
     *,
     events: dict[str, VisitorEvent] | None = None,
     frames: dict[str, VisitorFrame] | None = None,
+    history: VisitorHistory | None = None,
 ) -> None:
     VISITOR_EVENTS.update(events or {})
     VISITOR_FRAMES.update(frames or {})
+    if history is not None and history not in VISITOR_HISTORY:
+        VISITOR_HISTORY.append(history)
 
 
 def availability(inbox: Inbox, now: datetime) -> dict[str, Any]:
@@ -569,6 +575,10 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
             }
         )
         await socket.send_json({"type": "history", "data": {"messages": await chat.history()}})
+        for hook in VISITOR_HISTORY:
+            if chat.conversations:
+                for frame in await hook(rt, set(chat.conversations)):
+                    await socket.send_json(frame)
         await chat.stream.start(last_event_id(socket), head)
         await _pump(chat, live)
     except WebSocketDisconnect:

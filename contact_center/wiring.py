@@ -34,6 +34,7 @@ register_event_types(*surveys.EVENT_TYPES)
 webchat.extend(
     events={"survey.requested": surveys.visitor_request_frame},
     frames={"survey.answer": surveys.visitor_answer},
+    history=surveys.visitor_open_surveys,
 )
 metrics.register_snapshot_extension(sla.snapshot_extension)
 

@@ -427,6 +427,7 @@ async def test_bad_answers_are_400_and_change_nothing(
 
     huge = await live.client.post(url, data={"score": "3", "comment": "z" * (1024 * 1024)})
     assert huge.status_code == 413
+    assert "The form was too large." in huge.text
     assert (await the_survey(rt)).score == 1
     assert len(await events_of(rt, "survey.answered")) == 2
 
@@ -641,7 +642,7 @@ async def test_a_web_chat_visitor_gets_the_survey_and_answers_it_on_the_socket(
 
 
 async def test_a_returning_visitor_gets_the_request_again_with_the_answer(
-    rt: Runtime, agent: Person
+    rt: Runtime, agent: Person, clock: ManualClock
 ) -> None:
     await make_inbox(rt, "webchat", "webchat", "site", credentials={})
     async with live_app(rt) as live:
@@ -656,8 +657,25 @@ async def test_a_returning_visitor_gets_the_request_again_with_the_answer(
         survey = await the_survey(rt)
         await surveys.record_answer(rt, token=survey.token, score=3, comment="ok")
         await relay(rt)
-        # Back from the last event the widget saw: the request comes from the backlog,
-        # carrying the answer given meanwhile (the widget shows it as answered).
+
+        # Back after the request went out (a reload: the widget resumes after the last event
+        # it saw): the open survey follows the history, with the answer given meanwhile.
+        async with connect(chat_url(live, visitor=token)) as visitor:
+            await recv(visitor, "history")
+            frames = await drain(visitor, quiet=1.0)
+        [request] = [f for f in frames if f["type"] == "survey.request"]
+        assert request["data"]["survey_id"] == survey.id
+        assert (request["data"]["score"], request["data"]["comment"]) == (3, "ok")
+        # From before the request: the backlog brings the event too (the widget keys cards by
+        # survey id, so it shows one).
         async with connect(chat_url(live, visitor=token, last_event_id=last)) as visitor:
-            request = await recv(visitor, "survey.request")
-            assert (request["data"]["score"], request["data"]["comment"]) == (3, "ok")
+            frames = await drain(visitor, quiet=1.0)
+        requests = [f for f in frames if f["type"] == "survey.request"]
+        assert {f["data"]["survey_id"] for f in requests} == {survey.id}
+        assert any("id" in f for f in requests)
+        # Once it closed, nothing is offered any more.
+        clock.set(survey.expires_at)
+        async with connect(chat_url(live, visitor=token, last_event_id=last)) as visitor:
+            frames = await drain(visitor, quiet=1.0)
+        assert not [f for f in frames if f["type"] == "survey.request"]
+        assert [f["type"] for f in frames].count("history") == 1

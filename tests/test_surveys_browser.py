@@ -105,3 +105,15 @@ async def test_the_widget_shows_the_survey_and_the_visitor_answers(
     assert changed.score == 4
     assert await page.locator("[data-testid=cc-widget] img").count() == 0
     assert await page.evaluate("window.__pwned") is None
+
+    # After a reload the card is there again, once, with the answer given.
+    await page.reload()
+    await open_widget(page)
+    await expect(card).to_have_count(1)
+    await expect(card.get_by_role("button", name="4 Satisfied")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    await expect(card.get_by_test_id("cc-survey-done")).to_be_visible()
+    await expect(card.get_by_label("Anything you would like to add? (optional)")).to_have_value(
+        HOSTILE
+    )

@@ -408,6 +408,32 @@ async def visitor_request_frame(rt: Runtime, env: dict[str, Any]) -> dict[str, A
         survey = await session.get(SatisfactionSurvey, int(data.get("id") or 0))
     if not answerable(survey) or survey is None or expired(survey, rt.clock.now()):
         return None
+    return _request_frame(survey)
+
+
+VISITOR_OPEN_MAX = 10
+
+
+async def visitor_open_surveys(rt: Runtime, conversations: set[int]) -> list[dict[str, Any]]:
+    """At connect, after ``history``: the ``survey.request`` of every survey of the visitor's
+    conversations that is still open (newest 10), so a reload shows the card again."""
+    async with rt.db.read() as session:
+        rows = (
+            await session.scalars(
+                select(SatisfactionSurvey)
+                .where(
+                    SatisfactionSurvey.conversation_id.in_(conversations),
+                    SatisfactionSurvey.status != SurveyStatus.unsendable.value,
+                    SatisfactionSurvey.expires_at > rt.clock.now(),
+                )
+                .order_by(SatisfactionSurvey.id.desc())
+                .limit(VISITOR_OPEN_MAX)
+            )
+        ).all()
+    return [_request_frame(s) for s in reversed(rows)]
+
+
+def _request_frame(survey: SatisfactionSurvey) -> dict[str, Any]:
     return {
         "type": "survey.request",
         "data": {
