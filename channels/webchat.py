@@ -8,7 +8,8 @@ visitor's conversations in this inbox), then ``message.created`` / ``message.sta
 ``message.send``), ``typing`` (an agent types), ``error``. Client -> server: ``message.send``
 ``{client_id, text}`` (a resend with the same client id is the same message), ``typing``,
 ``identify`` ``{name, email, identity_hash?}`` (pre-chat form or a signed-in user),
-``resume`` ``{last_event_id}``, ``ping``.
+``resume`` ``{last_event_id}``, ``ping``. Other packages add frames through ``extend`` (the
+composition root registers the satisfaction survey's ``survey.request`` and ``survey.answer``).
 ``hello`` also says whether the inbox is open now (its ``settings.business_hours`` calendar);
 when it is closed the widget shows a message form instead, posted to ``/webchat/offline``
 (``channels/webchat_offline.py``).
@@ -29,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -79,6 +81,30 @@ HISTORY = 100
 PUBLIC_EVENT_TYPES = frozenset({"message.created", "message.status"})
 VISITOR_SCOPE = "visitor:"  # a web chat conversation's thread key: the visitor who started it
 OFFLINE_MESSAGE = "We're away right now. Leave a message and we'll get back to you by email."
+
+# Other packages extend the visitor's protocol through the composition root (``extend``):
+# an outbox event of the visitor's conversations becomes a frame of its own (the mapper may
+# read the database; None sends nothing), and a client frame type gets a handler given the
+# conversations the visitor may see (it answers with a frame, or raises FrameError); a history
+# hook adds frames sent after ``history`` at connect (what is still pending for the visitor).
+VisitorEvent = Callable[[Runtime, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+VisitorFrame = Callable[[Runtime, set[int], dict[str, Any]], Awaitable[dict[str, Any]]]
+VisitorHistory = Callable[[Runtime, set[int]], Awaitable[list[dict[str, Any]]]]
+VISITOR_EVENTS: dict[str, VisitorEvent] = {}
+VISITOR_FRAMES: dict[str, VisitorFrame] = {}
+VISITOR_HISTORY: list[VisitorHistory] = []
+
+
+def extend(
+    *,
+    events: dict[str, VisitorEvent] | None = None,
+    frames: dict[str, VisitorFrame] | None = None,
+    history: VisitorHistory | None = None,
+) -> None:
+    VISITOR_EVENTS.update(events or {})
+    VISITOR_FRAMES.update(frames or {})
+    if history is not None and history not in VISITOR_HISTORY:
+        VISITOR_HISTORY.append(history)
 
 
 def availability(inbox: Inbox, now: datetime) -> dict[str, Any]:
@@ -157,7 +183,11 @@ class ChatSession:
         self.own: set[int] = set()  # conversations this visitor started
         self.conversations: set[int] = set()  # what the visitor may see (own, or verified)
         self.stream = EventStream(
-            rt.db, types=PUBLIC_EVENT_TYPES, emit=self._emit, scope=self._scope, page=500
+            rt.db,
+            types=PUBLIC_EVENT_TYPES | frozenset(VISITOR_EVENTS),
+            emit=self._emit,
+            scope=self._scope,
+            page=500,
         )
         self.bucket = Bucket(RATE, BURST)
 
@@ -220,7 +250,7 @@ class ChatSession:
         return {conv_id for conv_id, key in rows if key in trusted}
 
     def visible(self, env: dict[str, Any]) -> bool:
-        if env.get("type") not in PUBLIC_EVENT_TYPES:
+        if env.get("type") not in PUBLIC_EVENT_TYPES and env.get("type") not in VISITOR_EVENTS:
             return False
         data = env.get("data") or {}
         if data.get("private"):
@@ -240,7 +270,11 @@ class ChatSession:
             customer = env.get("customer_id") or (env.get("data") or {}).get("customer_id")
             if self.customer_id is None or customer in (None, self.customer_id):
                 await self.refresh()  # a conversation of ours we have not seen yet (upload)
-        if self.visible(env):
+        if self.visible(env) and env["type"] in VISITOR_EVENTS:
+            frame = await VISITOR_EVENTS[env["type"]](self.rt, env)
+            if frame is not None:
+                await self.socket.send_json({**frame, "id": int(env["id"])})
+        elif self.visible(env):
             data = env["data"]
             if env["type"] == "message.created":
                 data = public_message(data)
@@ -294,6 +328,10 @@ class ChatSession:
             if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**62:
                 raise ValueError("last_event_id must be an integer of at least 0")
             await self.stream.resume(after)
+        elif isinstance(kind, str) and kind in VISITOR_FRAMES:
+            await self.socket.send_json(
+                await VISITOR_FRAMES[kind](self.rt, set(self.conversations), data)
+            )
         else:
             raise ValueError(f"unknown frame type {kind!r}")
 
@@ -537,6 +575,10 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
             }
         )
         await socket.send_json({"type": "history", "data": {"messages": await chat.history()}})
+        for hook in VISITOR_HISTORY:
+            if chat.conversations:
+                for frame in await hook(rt, set(chat.conversations)):
+                    await socket.send_json(frame)
         await chat.stream.start(last_event_id(socket), head)
         await _pump(chat, live)
     except WebSocketDisconnect:

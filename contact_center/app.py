@@ -33,6 +33,8 @@ from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
 from routing import metrics_api, sla_api
+from tickets import pages as survey_pages
+from tickets import survey_api
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ PUBLIC_PATHS = [
     "^/demo/",
     "^/agent",  # the console's pages check the session cookie themselves
     "^/supervisor",  # the wallboard's page, the same
+    "^/survey/",  # the satisfaction survey's page: its token is the credential
 ]
 
 
@@ -140,6 +143,8 @@ def create_app(
             *sla_api.route_handlers,
             *metrics_api.route_handlers,
             *supervisor.route_handlers,
+            *survey_pages.route_handlers,
+            *survey_api.route_handlers,
             *(extra_route_handlers or []),
         ],
         lifespan=[lifespan],

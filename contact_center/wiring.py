@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import channels
-from channels import imap, twilio_media
+from channels import imap, twilio_media, webchat
 from contact_center import autoreply, outbound
 from contact_center.attachments import AttachmentStore
 from contact_center.bus import make_bus
@@ -26,8 +26,16 @@ from contact_center.settings import Settings, get_settings
 from routing import engine as routing_engine
 from routing import escalation, metrics, sla
 from tickets import service as tickets
+from tickets import surveys
 
 register_event_types(*routing_engine.EVENT_TYPES, *sla.EVENT_TYPES, *tickets.EVENT_TYPES)
+register_event_types(*surveys.EVENT_TYPES)
+# Web chat visitors get their survey as a frame and answer it on the socket (§9, §16).
+webchat.extend(
+    events={"survey.requested": surveys.visitor_request_frame},
+    frames={"survey.answer": surveys.visitor_answer},
+    history=surveys.visitor_open_surveys,
+)
 metrics.register_snapshot_extension(sla.snapshot_extension)
 
 
@@ -53,6 +61,12 @@ def subscriptions() -> list[JobSubscription]:
                 "clock_id": e["data"]["clock_id"],
                 "kind": escalation.KIND[e["type"]],
             },
+        ),
+        JobSubscription(
+            job=surveys.JOB,
+            matches=tickets.solved_now,
+            key=lambda e: f"survey:{e['data']['id']}",
+            payload=lambda e: {"ticket_id": e["data"]["id"]},
         ),
     ]
 

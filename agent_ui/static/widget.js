@@ -6,7 +6,9 @@
  * (hello.pre_chat), a pre-chat form takes name and email before the first message and sends
  * `identify`; a site that knows its signed-in user passes data-user-name, data-user-email and
  * data-user-hash (HMAC-SHA256 of the email with the inbox's identity secret, computed on the
- * site's server) and the widget identifies on every connect. Text is only ever set with
+ * site's server) and the widget identifies on every connect. A satisfaction survey
+ * (`survey.request`, after a solved ticket) shows as five buttons and an optional comment, sent
+ * as `survey.answer`; the visitor may change the answer. Text is only ever set with
  * textContent. No dependencies, no build step. */
 (function () {
   "use strict";
@@ -57,7 +59,14 @@
     ".ccw-prechat{display:none;flex:1;flex-direction:column;gap:8px;padding:12px;overflow-y:auto}",
     ".ccw-pre .ccw-prechat{display:flex}.ccw-pre .ccw-log,.ccw-pre .ccw-typing,.ccw-pre .ccw-form{display:none}",
     ".ccw-prechat input{font:inherit;padding:8px;border:1px solid #ccd;border-radius:6px}",
-    ".ccw-prechat button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}"
+    ".ccw-prechat button{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:10px;cursor:pointer}",
+    ".ccw-survey{background:#fff;border:1px solid #dde;border-radius:10px;padding:10px;margin:8px 0;display:flex;flex-direction:column;gap:8px}",
+    ".ccw-scores{display:flex;gap:4px}.ccw-scores button{flex:1;padding:8px 0;border:1px solid #ccd;border-radius:6px;background:#fff;cursor:pointer;font:inherit}",
+    ".ccw-scores button[aria-pressed=true]{background:#2354d6;border-color:#2354d6;color:#fff}",
+    ".ccw-scale{display:flex;justify-content:space-between;font-size:11px;color:#667}",
+    ".ccw-survey textarea{font:inherit;padding:6px;border:1px solid #ccd;border-radius:6px;resize:vertical}",
+    ".ccw-survey-send{background:#2354d6;color:#fff;border:0;border-radius:6px;padding:8px;cursor:pointer}",
+    ".ccw-survey-q{margin:0}.ccw-survey-send:disabled{opacity:.5;cursor:default}.ccw-survey-done{color:#1a7f37;margin:0}.ccw-survey-error{color:#a33;margin:0}"
   ].join(""));
   document.head.appendChild(css);
 
@@ -113,6 +122,65 @@
     node.lastChild.textContent = m.direction === "out" ? "Support" : (m.delivery_status === "sending" ? "…" : "");
     log.scrollTop = log.scrollHeight;
   }
+
+  // Satisfaction surveys (survey.request), one card per survey, updated in place.
+  var surveys = {};  // survey id -> {node, score, ...}
+  function showSurvey(data) {
+    var t = data.text || {}, choices = t.choices || ["1", "2", "3", "4", "5"];
+    var card = surveys[data.survey_id];
+    if (!card) {
+      card = { score: null, buttons: [] };
+      card.node = el("div", { "class": "ccw-survey", "data-testid": "cc-survey", "data-survey": String(data.survey_id), lang: data.language || "en" });
+      card.node.appendChild(el("p", { "class": "ccw-survey-q" }, t.question || ""));
+      var group = el("div", { "class": "ccw-scores", role: "group", "aria-label": t.question || "" });
+      choices.forEach(function (label, i) {
+        var b = el("button", { type: "button", "aria-pressed": "false", "aria-label": (i + 1) + " " + label, title: label }, String(i + 1));
+        b.addEventListener("click", function () { pick(card, i + 1); });
+        card.buttons.push(b);
+        group.appendChild(b);
+      });
+      card.node.appendChild(group);
+      var scale = el("div", { "class": "ccw-scale" });
+      scale.appendChild(el("span", {}, choices[0]));
+      scale.appendChild(el("span", {}, choices[choices.length - 1]));
+      card.node.appendChild(scale);
+      card.comment = el("textarea", { rows: "2", maxlength: "2000", placeholder: t.comment || "", "aria-label": t.comment || "Comment" });
+      card.node.appendChild(card.comment);
+      card.send = el("button", { type: "button", "class": "ccw-survey-send", disabled: "disabled" }, t.submit || "Send");
+      card.send.addEventListener("click", function () {
+        if (!card.score || !socket || socket.readyState !== 1) { return; }
+        card.error.textContent = "";
+        lastSurvey = card;
+        socket.send(JSON.stringify({ type: "survey.answer", data: { token: card.token, score: card.score, comment: card.comment.value.trim() } }));
+      });
+      card.node.appendChild(card.send);
+      card.done = el("p", { "class": "ccw-survey-done", "data-testid": "cc-survey-done", hidden: "hidden" }, t.thanks || "Thank you!");
+      card.error = el("p", { "class": "ccw-survey-error", role: "alert" });
+      card.node.appendChild(card.done);
+      card.node.appendChild(card.error);
+      surveys[data.survey_id] = card;
+      log.appendChild(card.node);
+      log.scrollTop = log.scrollHeight;
+    }
+    card.token = data.token;
+    if (data.score) {
+      pick(card, data.score);
+      if (data.comment && !card.comment.value) { card.comment.value = data.comment; }
+      card.done.hidden = false;
+    }
+  }
+  function pick(card, score) {
+    card.score = score;
+    card.buttons.forEach(function (b, i) { b.setAttribute("aria-pressed", String(i + 1 === score)); });
+    card.send.disabled = false;
+  }
+  function surveyAnswered(data) {
+    var card = surveys[data.survey_id];
+    if (!card) { return; }
+    pick(card, data.score);
+    card.done.hidden = false;
+  }
+  var lastSurvey = null;  // the card an error frame for survey.answer is about
 
   // The pre-chat form: made only when the inbox asks for it (hello.pre_chat).
   var pre = null;
@@ -174,6 +242,12 @@
       } else if (frame.type === "message.ack") {
         var mine = pending[data.client_id];
         if (mine) { messages[data.message_id] = mine; mine.setAttribute("data-id", data.message_id); mine.lastChild.textContent = ""; delete pending[data.client_id]; }
+      } else if (frame.type === "survey.request") {
+        showSurvey(data);
+      } else if (frame.type === "survey.answered") {
+        surveyAnswered(data);
+      } else if (frame.type === "error" && data.for === "survey.answer" && lastSurvey) {
+        lastSurvey.error.textContent = data.message || data.code;
       } else if (frame.type === "typing") {
         typing.textContent = data.typing ? "Support is typing…" : "";
       } else if (frame.type === "identified") {
