@@ -33,6 +33,7 @@ from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
 from routing import metrics_api, sla_api
+from tickets import api as tickets_api
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def create_app(
             *routing_api.route_handlers,
             *sla_api.route_handlers,
             *metrics_api.route_handlers,
+            *tickets_api.route_handlers,
             *supervisor.route_handlers,
             *(extra_route_handlers or []),
         ],

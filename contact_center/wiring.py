@@ -54,6 +54,12 @@ def subscriptions() -> list[JobSubscription]:
                 "kind": escalation.KIND[e["type"]],
             },
         ),
+        JobSubscription(
+            job=tickets.MERGE_JOB,
+            matches=tickets.wants_merge,
+            key=lambda e: f"tickets-merge:{e['data']['source_id']}",
+            payload=lambda e: e["data"],
+        ),
     ]
 
 
