@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center.api.common import Page, clamp, current_agent, runtime_of, visible_conversation
 from contact_center.customers import MAX_MERGE_CHAIN, follow_merges
-from contact_center.models import Agent, Customer, Priority, Team
+from contact_center.models import Agent, Conversation, Customer, Priority, Team
 from tickets.access import ticket_visibility
 from tickets.models import Ticket, TicketStatus, TicketType
 from tickets.service import (
@@ -140,6 +140,12 @@ class TicketController(Controller):
         agent = current_agent(request)
         async with rt.db.write() as session:
             if data.conversation_id is not None:
+                if await session.get(Conversation, data.conversation_id) is None:
+                    raise ClientException(
+                        f"conversation_id: no conversation {data.conversation_id}",
+                        extra={"field": "conversation_id"},
+                    )
+                # One the caller may not see: 403, as the conversation itself answers.
                 await visible_conversation(session, agent, data.conversation_id)
             await _check_refs(session, data.assignee_id, data.team_id)
             try:
