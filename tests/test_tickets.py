@@ -242,3 +242,36 @@ def test_tags_are_lower_case_words_deduplicated_and_bounded() -> None:
     with pytest.raises(TicketError, match=r"^tags:"):
         clean_tags([3])  # type: ignore[list-item]
     assert len(clean_tags([f"t{i}" for i in range(20)] + ["T1"])) == 20
+
+
+async def test_the_demo_seeds_a_solved_complaint_and_an_open_incident_once(rt: Runtime) -> None:
+    from contact_center import demo
+    from tickets.models import SatisfactionSurvey
+
+    assert await demo.seed(rt)
+
+    async def seeded() -> list[tuple[str, str, str, int | None]]:
+        async with rt.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(Ticket.subject, Ticket.type, Ticket.status, SatisfactionSurvey.score)
+                    .outerjoin(SatisfactionSurvey, SatisfactionSurvey.ticket_id == Ticket.id)
+                    .order_by(Ticket.id)
+                )
+            ).all()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    expected = [
+        ("Charged twice for the March invoice", "complaint", "solved", 4),
+        ("Router drops the connection every hour", "incident", "open", None),
+    ]
+    assert await seeded() == expected
+    assert not await demo.seed(rt)  # the existing demo: nothing twice
+    assert await seeded() == expected
+    # A demo database from before tickets gets them on its next start.
+    async with rt.db.write() as session:
+        for ticket in (await session.scalars(select(Ticket))).all():
+            await session.delete(ticket)
+    assert await demo.seed_tickets(rt) == 2
+    assert await demo.seed_tickets(rt) == 0
+    assert [row[:3] for row in await seeded()] == [row[:3] for row in expected]
