@@ -19,7 +19,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from sqlalchemy import select
 
-from contact_center.api.common import visibility
+from contact_center.api.common import team_ids, visibility
 from contact_center.auth import REVOKED_CHANNEL, agent_for_token, credentials_from
 from contact_center.models import Agent, Conversation, Role
 from contact_center.outbound import ReplyError, reply
@@ -44,6 +44,7 @@ from routing.engine import (
     status_view,
 )
 from routing.models import AgentStatus, Offer, OfferStatus, Presence, RoutingTask
+from tickets.access import sees_ticket
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ CONVERSATION = frozenset(
 )
 # SLA warnings and breaches: to the conversation's assignee and to supervisors.
 SLA = frozenset({"sla.warning", "sla.breached"})
+# Tickets (§16): to the agents who may see the ticket (tickets.access), and to the one it was
+# taken from.
+TICKET = frozenset({"ticket.created", "ticket.updated"})
 WIRE_TYPE = {"offer.created": "offer"}
 
 
@@ -88,7 +92,7 @@ class AgentSession:
         self.agent = agent
         # The outbox events of this connection: once each, in order, resumable (wsutil).
         self.stream = EventStream(
-            rt.db, types=PERSONAL | CONVERSATION | SLA, emit=self._emit, page=BACKLOG_PAGE
+            rt.db, types=PERSONAL | CONVERSATION | SLA | TICKET, emit=self._emit, page=BACKLOG_PAGE
         )
         self.token_id = 0
         self.bucket = Bucket(RATE, BURST)
@@ -127,6 +131,14 @@ class AgentSession:
             # Assignment and team changes can change what the agent may see: look again.
             fresh = kind in ("conversation.assigned", "conversation.updated")
             return await self.may_see(env.get("conversation_id"), fresh=fresh)
+        if kind in TICKET:
+            if self.sees_everything:
+                return True
+            async with self.rt.db.read() as session:
+                teams = await team_ids(session, self.agent)
+            return await sees_ticket(
+                self.agent, env.get("data") or {}, teams=teams, sees_conversation=self.may_see
+            )
         return False
 
     async def _emit(self, env: dict[str, Any]) -> None:

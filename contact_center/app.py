@@ -35,6 +35,7 @@ from routing import api as routing_api
 from routing import metrics_api, sla_api
 from tickets import pages as survey_pages
 from tickets import survey_api
+from tickets import api as tickets_api
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def create_app(
             *routing_api.route_handlers,
             *sla_api.route_handlers,
             *metrics_api.route_handlers,
+            *tickets_api.route_handlers,
             *supervisor.route_handlers,
             *survey_pages.route_handlers,
             *survey_api.route_handlers,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime
+import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,9 +18,21 @@ from twilio.request_validator import RequestValidator
 from contact_center.auth import hash_password
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage
-from contact_center.models import Agent, CannedResponse, Inbox, Role, Team, TeamMember
+from contact_center.models import (
+    Agent,
+    CannedResponse,
+    Conversation,
+    CustomerIdentity,
+    Inbox,
+    Priority,
+    Role,
+    Team,
+    TeamMember,
+)
 from contact_center.runtime import Runtime
 from routing.models import BusinessHours, Queue, RoutingRule, SlaPolicy
+from tickets.models import SatisfactionSurvey, SurveyStatus, Ticket, TicketStatus, TicketType
+from tickets.service import change_ticket, create_ticket
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +175,14 @@ CUSTOMERS = [
 
 
 async def seed(rt: Runtime) -> bool:
-    """Create the demo organisation unless it exists. Returns whether anything was created."""
+    """Create the demo organisation unless it exists, and its tickets unless they exist.
+    Returns whether the organisation was created."""
+    created = await seed_organisation(rt)
+    await seed_tickets(rt)
+    return created
+
+
+async def seed_organisation(rt: Runtime) -> bool:
     now = rt.clock.now()
     async with rt.db.write() as session:
         if await session.scalar(select(Agent.id).where(Agent.email == "admin@example.com")):
@@ -242,6 +262,102 @@ async def seed(rt: Runtime) -> bool:
         )
     await rt.committed()
     return True
+
+
+# Tickets of the demo customers (docs/architecture.md §16): (phone, subject, type, status,
+# priority, assignee, tags, the customer's rating and comment).
+TICKETS: list[tuple[str, str, TicketType, TicketStatus, Priority, str, list[str], Any]] = [
+    (
+        "+905321112233",
+        "Charged twice for the March invoice",
+        TicketType.complaint,
+        TicketStatus.solved,
+        Priority.high,
+        "ayse@example.com",
+        ["billing", "refund"],
+        (4, "İade hızlı geldi, teşekkürler."),
+    ),
+    (
+        "+14155550123",
+        "Router drops the connection every hour",
+        TicketType.incident,
+        TicketStatus.open,
+        Priority.normal,
+        "john@example.com",
+        ["router"],
+        None,
+    ),
+]
+
+
+async def seed_tickets(rt: Runtime) -> int:
+    """The demo customers' tickets, each raised from their conversation unless the customer
+    already has a ticket of that subject (so a demo database of any age gets them once).
+    The solved complaint carries the customer's answered survey. Returns tickets created."""
+    made = 0
+    now = rt.clock.now()
+    async with rt.db.write() as session:
+        for phone, subject, kind, status, priority, email, tags, rating in TICKETS:
+            customer_id = await session.scalar(
+                select(CustomerIdentity.customer_id).where(
+                    CustomerIdentity.kind == "phone", CustomerIdentity.address == phone
+                )
+            )
+            conversation_id = await session.scalar(
+                select(Conversation.id)
+                .where(Conversation.customer_id == customer_id)
+                .order_by(Conversation.id)
+                .limit(1)
+            )
+            agent_id = await session.scalar(select(Agent.id).where(Agent.email == email))
+            if customer_id is None or conversation_id is None or agent_id is None:
+                continue
+            exists = await session.scalar(
+                select(Ticket.id).where(
+                    Ticket.customer_id == customer_id, Ticket.subject == subject
+                )
+            )
+            if exists is not None:
+                continue
+            ticket = await create_ticket(
+                session,
+                clock=rt.clock,
+                subject=subject,
+                conversation_id=conversation_id,
+                type=kind,
+                priority=priority,
+                assignee_id=agent_id,
+                tags=tags,
+                acting_agent_id=agent_id,
+            )
+            if status != ticket.status:
+                await change_ticket(
+                    session, ticket, clock=rt.clock, acting_agent_id=agent_id, status=status
+                )
+            if rating is not None:
+                # Answered already: the survey job finds it and sends nothing (one per ticket).
+                score, comment = rating
+                session.add(
+                    SatisfactionSurvey(
+                        ticket_id=ticket.id,
+                        customer_id=ticket.customer_id,
+                        agent_id=agent_id,
+                        conversation_id=conversation_id,
+                        inbox_id="sms",
+                        token=secrets.token_urlsafe(32),
+                        language="tr" if phone.startswith("+90") else "en",
+                        status=SurveyStatus.answered.value,
+                        score=score,
+                        comment=comment,
+                        created_at=now,
+                        answered_at=now,
+                        expires_at=now + timedelta(days=7),
+                    )
+                )
+            made += 1
+    if made:
+        await rt.committed()
+    return made
 
 
 # Business hours and SLA policies (docs/architecture.md §14): urgent conversations on the

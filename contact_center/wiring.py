@@ -68,6 +68,12 @@ def subscriptions() -> list[JobSubscription]:
             key=lambda e: f"survey:{e['data']['id']}",
             payload=lambda e: {"ticket_id": e["data"]["id"]},
         ),
+        JobSubscription(
+            job=tickets.MERGE_JOB,
+            matches=tickets.wants_merge,
+            key=lambda e: f"tickets-merge:{e['data']['source_id']}",
+            payload=lambda e: e["data"],
+        ),
     ]
 
 

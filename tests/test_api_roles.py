@@ -33,6 +33,7 @@ from routing.engine import engine_of
 from routing.models import BusinessHours, Offer, Presence, RoutingRule, SlaPolicy
 from tests.helpers import Org, Person, ingest, make_inbox, make_org, sms
 from tests.routing_helpers import make_queue, make_rule, presence
+from tickets.service import create_ticket
 
 API_PREFIX = "/api/v1"
 RANKS = {"agent": 1, "supervisor": 2, "admin": 3}
@@ -57,6 +58,7 @@ class Ctx:
     canned_id: int
     hours_id: int
     policy_id: int
+    ticket_id: int
 
     def person(self, role: str) -> Person:
         return {
@@ -320,6 +322,22 @@ ROUTES: dict[tuple[str, str], Rule] = {
             200,
         ),
     ),
+    # tickets (every agent; what they see follows tickets.access)
+    ("GET", "/api/v1/tickets"): Rule("agent", lambda c: ("/api/v1/tickets", None, 200)),
+    ("POST", "/api/v1/tickets"): Rule(
+        "agent",
+        lambda c: (
+            "/api/v1/tickets",
+            {"conversation_id": c.conversation_id, "subject": "Charged twice", "type": "complaint"},
+            201,
+        ),
+    ),
+    ("GET", "/api/v1/tickets/{ticket_id:int}"): Rule(
+        "agent", lambda c: (f"/api/v1/tickets/{c.ticket_id}", None, 200)
+    ),
+    ("PATCH", "/api/v1/tickets/{ticket_id:int}"): Rule(
+        "agent", lambda c: (f"/api/v1/tickets/{c.ticket_id}", {"status": "pending"}, 200)
+    ),
     # metrics (supervisors and admins)
     ("GET", "/api/v1/metrics"): Rule(
         "supervisor",
@@ -433,6 +451,11 @@ async def make_ctx(rt: Runtime) -> Ctx:
             select(Offer.id).where(Offer.conversation_id == first.conversation_id)
         )
     assert rule_id is not None and offer_id is not None
+    async with rt.db.write() as session:
+        ticket = await create_ticket(
+            session, clock=rt.clock, subject="Wrong bill", conversation_id=first.conversation_id
+        )
+        ticket_id = ticket.id
     return Ctx(
         org=org,
         inbox_id=inbox_id,
@@ -448,6 +471,7 @@ async def make_ctx(rt: Runtime) -> Ctx:
         canned_id=canned_id,
         hours_id=hours_id,
         policy_id=policy_id,
+        ticket_id=ticket_id,
     )
 
 

@@ -7,18 +7,24 @@ agent who made it. Reactions (the satisfaction survey after a solve) subscribe t
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contact_center import events
 from contact_center.clock import Clock
 from contact_center.customers import follow_merges
+from contact_center.jobs import job
 from contact_center.models import Conversation, Customer, Priority
 from contact_center.views import ts
-from tickets.models import Ticket, TicketStatus, TicketType
+from tickets.models import SatisfactionSurvey, Ticket, TicketStatus, TicketType
+
+if TYPE_CHECKING:
+    from contact_center.runtime import Runtime
 
 EVENT_TYPES: Final = ("ticket.created", "ticket.updated")
+MERGE_JOB: Final = "tickets.follow_merge"
 
 SUBJECT_MAX = 250
 TAG_MAX = 50
@@ -106,7 +112,12 @@ async def create_ticket(
             priority = Priority(conversation.priority)
     if customer_id is None:
         raise TicketError("a ticket needs a customer_id or a conversation_id")
-    customer = await session.get(Customer, customer_id)
+    # FOR KEY SHARE waits for a merge of this customer in flight (it locks the row FOR
+    # UPDATE) and then reads the merged row: the ticket lands on the survivor, never on a
+    # customer whose tickets the merge job has already moved.
+    customer = await session.get(
+        Customer, customer_id, with_for_update={"key_share": True}, populate_existing=True
+    )
     if customer is None:
         raise LookupError("customer not found")
     customer = await follow_merges(session, customer)
@@ -224,3 +235,59 @@ def solved_now(event: dict[str, Any]) -> bool:
         return False
     status = (event.get("data") or {}).get("changes", {}).get("status")
     return isinstance(status, dict) and status.get("to") == TicketStatus.solved.value
+
+
+def wants_merge(event: dict[str, Any]) -> bool:
+    return event.get("type") == "customer.merged"
+
+
+@job(MERGE_JOB)
+async def follow_customer_merge(rt: Runtime, payload: dict[str, Any]) -> None:
+    """After ``customer.merged``: the source's tickets and satisfaction surveys move to the
+    survivor (followed further if it was merged on since), each moved ticket with a
+    ``ticket.updated`` naming the ``customer_id`` change. Idempotent: a replay finds nothing
+    left to move."""
+    source_id = int(payload["source_id"])
+    async with rt.db.write() as session:
+        target = await session.get(Customer, int(payload["target_id"]))
+        if target is None:
+            return
+        target = await follow_merges(session, target)
+        if target.id == source_id:
+            return
+        moved = list(
+            (
+                await session.scalars(
+                    select(Ticket)
+                    .where(Ticket.customer_id == source_id)
+                    .order_by(Ticket.id)
+                    .with_for_update()
+                )
+            ).all()
+        )
+        now = rt.clock.now()
+        for ticket in moved:
+            ticket.customer_id = target.id
+            ticket.updated_at = now
+        await session.execute(
+            update(SatisfactionSurvey)
+            .where(SatisfactionSurvey.customer_id == source_id)
+            .values(customer_id=target.id)
+        )
+        await session.flush()
+        for ticket in moved:
+            events.append(
+                session,
+                "ticket.updated",
+                {
+                    **ticket_view(ticket),
+                    "changes": {"customer_id": {"from": source_id, "to": target.id}},
+                    "by_agent_id": payload.get("by_agent_id"),
+                },
+                clock=rt.clock,
+                conversation_id=ticket.conversation_id,
+                customer_id=ticket.customer_id,
+                agent_id=payload.get("by_agent_id"),
+            )
+    if moved:
+        await rt.committed()

@@ -199,6 +199,10 @@ function handle(frame) {
     case "conversation.created":
       if (data.assignee_id === null && data.status === "open") addWaiting(data);
       break;
+    case "ticket.created":
+    case "ticket.updated":
+      ticketChanged(data);
+      break;
   }
 }
 
@@ -396,6 +400,9 @@ async function openConversation(id) {
   $("timeline").replaceChildren();
   $("conv-meta").textContent = "";
   $("conv-sla").replaceChildren();
+  $("tickets").replaceChildren();
+  $("ticket-form").hidden = true;
+  state.openConv = null;
   state.shown.clear();
   let conv;
   try {
@@ -409,6 +416,7 @@ async function openConversation(id) {
     return;
   }
   if (state.open !== id) return;
+  state.openConv = conv;
   markRead(id);
   $("conv-title").textContent = customerLabel(conv, id);
   const identities = (conv.customer?.identities || []).map((i) => `${channelName(i.kind)} ${i.address}`).join(" · ");
@@ -417,6 +425,7 @@ async function openConversation(id) {
   loadSla(id);
   loadReplyChannels(id);
   showCustomer(conv.customer, id);
+  loadTickets(id);
   for (const message of conv.messages) appendMessage(message);
 }
 
@@ -664,6 +673,7 @@ function showCustomer(customer, conversationId) {
     }),
   );
   $("history").replaceChildren();
+  loadCustomerTickets(customer.id, conversationId);
   api(`/api/v1/conversations?customer_id=${Number(customer.id)}&limit=20`)
     .then((page) => {
       if (state.open !== conversationId) return;
@@ -816,7 +826,8 @@ $("transfer").addEventListener("submit", async (e) => {
   removeConversation(id);
 });
 
-// Keyboard: Alt+A accepts the oldest offer, Alt+R resolves, "/" goes to the reply box.
+// Keyboard: Alt+A accepts the oldest offer, Alt+R resolves, Alt+T raises a ticket, "/" goes
+// to the reply box.
 document.addEventListener("keydown", (e) => {
   const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement?.tagName);
   if (e.altKey && e.key.toLowerCase() === "a") {
@@ -827,8 +838,12 @@ document.addEventListener("keydown", (e) => {
   } else if (e.key === "/" && !typing && state.open !== null) {
     e.preventDefault();
     $("reply-text").focus();
+  } else if (e.altKey && e.key.toLowerCase() === "t" && state.open !== null) {
+    e.preventDefault();
+    openTicketForm();
   } else if (e.key === "Escape") {
     $("transfer").hidden = true;
+    $("ticket-form").hidden = true;
   }
 });
 
@@ -905,6 +920,224 @@ $("prefs-form").addEventListener("submit", async (e) => {
     return;
   }
   location.reload();
+});
+
+// --- tickets and satisfaction (docs/architecture.md §16) ------------------------------------
+
+const TICKET_STATUSES = ["new", "open", "pending", "on_hold", "solved", "closed"];
+const PRIORITIES = ["low", "normal", "high", "urgent"];
+const ticketStatusName = (status) => strings[`ticket_status_${status}`] || status || "";
+const ticketTypeName = (type) => strings[`ticket_type_${type}`] || type || "";
+// The refusal's own words ("subject: ..."), not the status line and the JSON around them.
+function problem(error) {
+  const text = String(error.message || error);
+  try {
+    return JSON.parse(text.slice(text.indexOf(" ") + 1)).detail || text;
+  } catch {
+    return text;
+  }
+}
+const generations = { tickets: 0, customerTickets: 0, satisfaction: 0 };
+// Agents the console can name (it cannot list agents): itself and the tickets' assignees.
+const agentNames = new Map([[me, body.dataset.agentName || ""]]);
+
+async function loadTickets(conversationId) {
+  const generation = ++generations.tickets;
+  let page;
+  try {
+    page = await api(`/api/v1/tickets?conversation_id=${Number(conversationId)}&limit=100`);
+  } catch {
+    page = { items: [] };
+  }
+  if (state.open !== conversationId || generation !== generations.tickets) return;
+  const list = $("tickets");
+  list.replaceChildren(...page.items.map(ticketRow));
+  if (!page.items.length) list.append(el("li", "empty", t("no_tickets")));
+}
+
+function ticketRow(ticket) {
+  if (ticket.assignee_id !== null) agentNames.set(ticket.assignee_id, ticket.assignee_name || "");
+  const item = el("li", "ticket");
+  item.dataset.ticketId = ticket.id;
+  item.dataset.status = ticket.status;
+  const title = el("div", "ticket-title");
+  title.append(el("span", "ticket-id", `#${ticket.id}`), " ", el("span", "subject", ticket.subject));
+  const fields = el("div", "ticket-fields");
+  const closed = ticket.status === "closed";
+  const status = el("select", "ticket-status");
+  status.setAttribute("aria-label", t("ticket_status_of", { id: ticket.id }));
+  for (const value of TICKET_STATUSES) {
+    if (value === "new" && ticket.status !== "new") continue; // nothing goes back to new
+    const option = el("option", "", ticketStatusName(value));
+    option.value = value;
+    option.selected = value === ticket.status;
+    status.append(option);
+  }
+  const priority = el("select", "ticket-priority");
+  priority.setAttribute("aria-label", t("ticket_priority_of", { id: ticket.id }));
+  for (const value of PRIORITIES) {
+    const option = el("option", "", t(`priority_${value}`));
+    option.value = value;
+    option.selected = value === ticket.priority;
+    priority.append(option);
+  }
+  status.disabled = priority.disabled = closed;
+  status.addEventListener("change", () => changeTicket(ticket.id, { status: status.value }));
+  priority.addEventListener("change", () => changeTicket(ticket.id, { priority: priority.value }));
+  fields.append(
+    el("span", "channel ticket-type", ticketTypeName(ticket.type)),
+    status,
+    priority,
+    el("span", "assignee", ticket.assignee_id === null ? t("unassigned") : ticket.assignee_name || t("agent_number", { id: ticket.assignee_id })),
+  );
+  for (const tag of ticket.tags || []) fields.append(el("span", "tag", tag));
+  item.append(title, fields);
+  return item;
+}
+
+async function changeTicket(ticketId, change) {
+  try {
+    await api(`/api/v1/tickets/${Number(ticketId)}`, { method: "PATCH", body: JSON.stringify(change) });
+  } catch (error) {
+    notice(problem(error).slice(0, 300));
+  }
+  refreshTickets();
+}
+
+function refreshTickets() {
+  if (state.open !== null) loadTickets(state.open);
+  if (state.customer) loadCustomerTickets(state.customer.id, state.open);
+}
+
+// A ticket event (ticket.created, ticket.updated) for the conversation or customer shown.
+function ticketChanged(data) {
+  const moved = data.changes?.customer_id;
+  if (state.open !== null && data.conversation_id === state.open) loadTickets(state.open);
+  const customerId = state.customer?.id;
+  if (customerId !== undefined && [data.customer_id, moved?.from].includes(customerId)) {
+    loadCustomerTickets(customerId, state.open);
+  }
+}
+
+async function loadCustomerTickets(customerId, conversationId) {
+  const generation = ++generations.customerTickets;
+  let page;
+  try {
+    page = await api(`/api/v1/tickets?customer_id=${Number(customerId)}&limit=100`);
+  } catch {
+    page = { items: [] };
+  }
+  if (state.open !== conversationId || generation !== generations.customerTickets) return;
+  const list = $("customer-tickets");
+  list.replaceChildren();
+  for (const ticket of page.items) {
+    if (ticket.assignee_id !== null) agentNames.set(ticket.assignee_id, ticket.assignee_name || "");
+    const item = el("li", "customer-ticket");
+    item.dataset.ticketId = ticket.id;
+    item.dataset.status = ticket.status;
+    item.append(
+      el("span", "channel", ticketTypeName(ticket.type)),
+      ` #${ticket.id} `,
+      el("span", "subject", ticket.subject),
+      " · ",
+      el("span", "ticket-state", ticketStatusName(ticket.status)),
+    );
+    if (ticket.conversation_id !== null && ticket.conversation_id !== conversationId) {
+      item.dataset.open = "";
+      item.addEventListener("click", () => openConversation(ticket.conversation_id));
+    }
+    list.append(item);
+  }
+  if (!page.items.length) list.append(el("li", "empty", t("no_tickets")));
+  loadSatisfaction(customerId, conversationId, page.items);
+}
+
+// The customer's satisfaction surveys (GET /api/v1/surveys?customer_id=N, newest first).
+// Until that API answers (a 404), the panel says there are no ratings.
+async function loadSatisfaction(customerId, conversationId, tickets) {
+  const generation = ++generations.satisfaction;
+  let surveys;
+  try {
+    surveys = await api(`/api/v1/surveys?customer_id=${Number(customerId)}`);
+  } catch {
+    surveys = [];
+  }
+  if (!Array.isArray(surveys)) surveys = surveys?.items || [];
+  if (state.open !== conversationId || generation !== generations.satisfaction) return;
+  const subjects = new Map(tickets.map((ticket) => [ticket.id, ticket.subject]));
+  const list = $("satisfaction");
+  list.replaceChildren();
+  for (const survey of surveys) {
+    const item = el("li", "survey");
+    item.dataset.surveyId = survey.id;
+    item.dataset.status = survey.status;
+    const head = el("div", "survey-head");
+    const score = Number(survey.score);
+    if (survey.status === "answered" && score >= 1 && score <= 5) {
+      item.dataset.score = String(score);
+      head.append(el("span", "score", t("score_of", { score })), " ", el("span", "score-label", t(`score_${score}`)));
+    } else {
+      head.append(el("span", "score-label", t(survey.status === "unsendable" ? "survey_unsendable" : "survey_sent")));
+    }
+    const when = survey.answered_at || survey.created_at;
+    if (when) {
+      const time = el("time", "", dateFormat.format(new Date(when)));
+      time.dateTime = when;
+      head.append(" · ", time);
+    }
+    const about = [];
+    if (survey.ticket_id !== null && survey.ticket_id !== undefined) {
+      const subject = subjects.get(survey.ticket_id);
+      about.push(t("survey_ticket", { id: survey.ticket_id }) + (subject ? ` ${subject}` : ""));
+    }
+    if (survey.agent_id !== null && survey.agent_id !== undefined) {
+      about.push(survey.agent_id === me ? t("you") : agentNames.get(survey.agent_id) || t("agent_number", { id: survey.agent_id }));
+    }
+    item.append(head, el("div", "meta", about.join(" · ")));
+    if (survey.comment) item.append(el("div", "comment", survey.comment));
+    list.append(item);
+  }
+  if (!list.children.length) list.append(el("li", "empty", t("no_ratings")));
+}
+
+// Raising a ticket from the conversation shown: its subject (or the customer's first words),
+// its priority; assigned to the agent unless they untick it.
+function openTicketForm() {
+  const conv = state.openConv;
+  if (!conv) return;
+  const first = (conv.messages || []).find((m) => m.direction === "in" && m.text);
+  const subject = conv.subject || (first ? first.text.replace(/\s+/g, " ").trim().slice(0, 120) : "");
+  $("ticket-subject").value = subject;
+  $("ticket-type").value = "question";
+  $("ticket-priority").value = PRIORITIES.includes(conv.priority) ? conv.priority : "normal";
+  $("ticket-mine").checked = true;
+  $("ticket-error").hidden = true;
+  $("ticket-form").hidden = false;
+  $("ticket-subject").focus();
+}
+
+$("ticket-new").addEventListener("click", openTicketForm);
+$("ticket-cancel").addEventListener("click", () => ($("ticket-form").hidden = true));
+$("ticket-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const id = state.open;
+  if (id === null) return;
+  const data = {
+    conversation_id: id,
+    subject: $("ticket-subject").value,
+    type: $("ticket-type").value,
+    priority: $("ticket-priority").value,
+  };
+  if ($("ticket-mine").checked) data.assignee_id = me;
+  try {
+    await api("/api/v1/tickets", { method: "POST", body: JSON.stringify(data) });
+  } catch (error) {
+    $("ticket-error").textContent = problem(error).slice(0, 300);
+    $("ticket-error").hidden = false;
+    return;
+  }
+  $("ticket-form").hidden = true;
+  refreshTickets();
 });
 
 window.ccConsole = { state, socket: null };
