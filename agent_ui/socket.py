@@ -82,6 +82,9 @@ SLA = frozenset({"sla.warning", "sla.breached"})
 # Tickets (§16): to the agents who may see the ticket (tickets.access), and to the one it was
 # taken from.
 TICKET = frozenset({"ticket.created", "ticket.updated"})
+# Satisfaction surveys (§16): to every agent, as the surveys API answers any agent (the view
+# carries no token); the console shows them in the customer panel.
+SURVEY = frozenset({"survey.requested", "survey.answered"})
 WIRE_TYPE = {"offer.created": "offer"}
 
 
@@ -92,7 +95,10 @@ class AgentSession:
         self.agent = agent
         # The outbox events of this connection: once each, in order, resumable (wsutil).
         self.stream = EventStream(
-            rt.db, types=PERSONAL | CONVERSATION | SLA | TICKET, emit=self._emit, page=BACKLOG_PAGE
+            rt.db,
+            types=PERSONAL | CONVERSATION | SLA | TICKET | SURVEY,
+            emit=self._emit,
+            page=BACKLOG_PAGE,
         )
         self.token_id = 0
         self.bucket = Bucket(RATE, BURST)
@@ -139,7 +145,7 @@ class AgentSession:
             return await sees_ticket(
                 self.agent, env.get("data") or {}, teams=teams, sees_conversation=self.may_see
             )
-        return False
+        return kind in SURVEY
 
     async def _emit(self, env: dict[str, Any]) -> None:
         if await self.wants(env):

@@ -33,9 +33,9 @@ from contact_center.settings import Settings, get_settings
 from contact_center.wiring import build_runtime, build_scheduler
 from routing import api as routing_api
 from routing import metrics_api, sla_api
+from tickets import api as tickets_api
 from tickets import pages as survey_pages
 from tickets import survey_api
-from tickets import api as tickets_api
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 from contact_center.auth import hash_password, issue_token
 from contact_center.identities import IdentityRef
 from contact_center.ingest import InboundMessage, IngestResult
-from contact_center.jobs import InProcessJobs
+from contact_center.jobs import InProcessJobs, RqJobs
 from contact_center.models import Agent, Inbox, Role, Team, TeamMember
 from contact_center.runtime import Runtime
 from contact_center.wiring import build_scheduler
@@ -143,10 +143,21 @@ def run_rq_worker() -> None:
     )
 
 
+def _rq_idle(jobs: RqJobs) -> bool:
+    """Nothing queued and nothing scheduled (a retry waiting for its time) on the rq queue."""
+    from rq.registry import ScheduledJobRegistry
+
+    queue = jobs.queue
+    return queue.count == 0 and ScheduledJobRegistry(queue=queue).count == 0
+
+
 async def run_jobs(rt: Runtime) -> None:
-    """Run every job queued so far to completion, on whichever runner the backend uses."""
+    """Run every job queued so far to completion, on whichever runner the backend uses (a real
+    rq worker is started only when the queue has work: starting one costs seconds)."""
     if isinstance(rt.jobs, InProcessJobs):
         await rt.jobs.drain()
+    elif isinstance(rt.jobs, RqJobs) and await asyncio.to_thread(_rq_idle, rt.jobs):
+        return
     else:
         await asyncio.to_thread(run_rq_worker)
 

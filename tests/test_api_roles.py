@@ -338,6 +338,13 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("PATCH", "/api/v1/tickets/{ticket_id:int}"): Rule(
         "agent", lambda c: (f"/api/v1/tickets/{c.ticket_id}", {"status": "pending"}, 200)
     ),
+    # satisfaction surveys (every agent, like the customer directory)
+    ("GET", "/api/v1/surveys"): Rule(
+        "agent", lambda c: (f"/api/v1/surveys?customer_id={c.customer_id}", None, 200)
+    ),
+    ("GET", "/api/v1/surveys/summary"): Rule(
+        "agent", lambda c: ("/api/v1/surveys/summary?from=2026-01-01&to=2026-02-01", None, 200)
+    ),
     # metrics (supervisors and admins)
     ("GET", "/api/v1/metrics"): Rule(
         "supervisor",

@@ -7,25 +7,20 @@ hostile subjects and comments stay text."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Request, get
-from litestar.params import FromQuery
 from playwright.async_api import expect
 from sqlalchemy import select
 
-from contact_center.api.common import runtime_of
-from contact_center.app import create_app
 from contact_center.models import Agent, Conversation, Role
 from contact_center.runtime import Runtime
-from contact_center.settings import Settings
-from contact_center.views import ts
 from tests.browser import ARTIFACTS, NewPage
-from tests.helpers import ingest, make_inbox, make_person, sms
+from tests.helpers import ingest, make_inbox, make_person, run_jobs, sms
 from tests.live import LiveApp, live_app
 from tests.standins.twilio import TwilioStandIn, running
 from tests.test_console import browser_sign_in, fresh_throttle  # noqa: F401 (a fixture)
@@ -33,31 +28,6 @@ from tests.test_twilio import SMS_NUMBER
 from tickets.models import SatisfactionSurvey, Ticket
 
 HOSTILE = "<img src=x onerror=window.pwned=1>"
-
-
-@get("/api/v1/surveys", include_in_schema=False)
-async def surveys_standin(
-    request: Request[Any, Any, Any], customer_id: FromQuery[int]
-) -> list[dict[str, Any]]:
-    """The surveys API's documented answer, read from the table, for as long as this branch
-    has no ``tickets/surveys.py`` (the real one replaces it: see ``live``)."""
-    async with runtime_of(request).db.read() as session:
-        rows = (
-            await session.scalars(
-                select(SatisfactionSurvey)
-                .where(SatisfactionSurvey.customer_id == customer_id)
-                .order_by(SatisfactionSurvey.created_at.desc(), SatisfactionSurvey.id.desc())
-            )
-        ).all()
-    fields = ("id", "ticket_id", "customer_id", "agent_id", "conversation_id", "inbox_id")
-    return [
-        {
-            **{f: getattr(s, f) for f in fields},
-            **{f: getattr(s, f) for f in ("status", "score", "comment", "language")},
-            **{f: ts(getattr(s, f)) for f in ("created_at", "answered_at", "expires_at")},
-        }
-        for s in rows
-    ]
 
 
 @pytest.fixture
@@ -70,11 +40,9 @@ def standin() -> Iterator[TwilioStandIn]:
 async def live(
     rt: Runtime, standin: TwilioStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[LiveApp]:
-    # Replies (and survey requests, once surveys are in) go to the Twilio stand-in.
+    # Replies and survey requests go to the Twilio stand-in.
     await make_inbox(rt, "sms", "sms", SMS_NUMBER, api_base_url=standin.url)
-    served = {route.path for route in create_app(Settings(data_dir=tmp_path)).routes}
-    extra = [] if "/api/v1/surveys" in served else [surveys_standin]
-    async with live_app(rt, run_scheduler=True, extra_route_handlers=extra) as app:
+    async with live_app(rt, run_scheduler=True) as app:
         monkeypatch.setattr(rt.settings, "allowed_origins", [app.url])
         yield app
 
@@ -96,7 +64,7 @@ async def add_survey(rt: Runtime, ticket_id: int, customer_id: int, **kw: Any) -
 
 @pytest.mark.browser
 async def test_an_agent_raises_a_complaint_solves_it_and_sees_changes_live(
-    rt: Runtime, live: LiveApp, new_page: NewPage
+    rt: Runtime, live: LiveApp, standin: TwilioStandIn, new_page: NewPage
 ) -> None:
     person = await make_person(rt, "tickets@test.local", Role.agent, None)
     supervisor = await make_person(rt, "boss@test.local", Role.supervisor, None)
@@ -117,8 +85,8 @@ async def test_an_agent_raises_a_complaint_solves_it_and_sees_changes_live(
     assert earlier.status_code == 201, earlier.text
     old = earlier.json()["id"]
     march = datetime(2026, 3, 10, 11, 30, tzinfo=UTC)
-    # Answered before the solve below, so the survey job (once surveys are in) finds it and
-    # sends nothing: one survey per ticket.
+    # Answered before the solve below, so the survey job finds it and sends nothing: one
+    # survey per ticket.
     await add_survey(
         rt,
         old,
@@ -186,6 +154,33 @@ async def test_an_agent_raises_a_complaint_solves_it_and_sees_changes_live(
     async with rt.db.read() as session:
         stored = await session.get(Ticket, ticket.id, populate_existing=True)
     assert stored is not None and stored.status == "solved" and stored.solved_at is not None
+
+    # The survey goes to the customer by SMS (the job runs on rq's worker on PostgreSQL), and
+    # the panel shows it awaiting an answer ...
+    survey = None
+    for _ in range(30):
+        await run_jobs(rt)
+        async with rt.db.read() as session:
+            survey = await session.scalar(
+                select(SatisfactionSurvey).where(SatisfactionSurvey.ticket_id == ticket.id)
+            )
+        if survey is not None:
+            break
+        await asyncio.sleep(0.2)
+    assert survey is not None
+    await run_jobs(rt)  # the send
+    await expect(rating).to_have_count(2)
+    await expect(rating.first.locator(".score-label")).to_have_text("Awaiting an answer")
+    await asyncio.to_thread(standin.wait_for_requests, 1)
+    [request] = standin.sent
+    assert f"/survey/{survey.token}" in request.form["Body"]
+    # ... and the customer's answer on the survey page shows up live.
+    answered = await live.client.post(
+        f"/survey/{survey.token}", data={"score": "5", "comment": "Refunded the same day"}
+    )
+    assert answered.status_code == 200, answered.text
+    await expect(rating.first.locator(".score")).to_have_text("5/5")
+    await expect(rating.first.locator(".comment")).to_have_text("Refunded the same day")
 
     # Another agent reopens it and raises the priority through the API: seen live.
     changed = await live.client.patch(

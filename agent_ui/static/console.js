@@ -203,6 +203,11 @@ function handle(frame) {
     case "ticket.updated":
       ticketChanged(data);
       break;
+    case "survey.requested":
+    case "survey.answered":
+      // The customer shown was asked, or answered: their satisfaction history follows.
+      if (state.customer && data.customer_id === state.customer.id) loadCustomerTickets(state.customer.id, state.open);
+      break;
   }
 }
 
