@@ -451,6 +451,8 @@ async def test_resolve_reopen_and_transfer_to_a_queue_with_a_note(
     # agent may see: the conversation has no team).
     await expect(mine).to_have_count(0)
     await expect(page.locator("#waiting .conversation-item")).to_have_count(1)
+    # Named by its customer, as everywhere in the lists (the event names only the id).
+    await expect(page.locator("#waiting .conversation-item .name")).to_have_text("+14155550100")
     await expect(page.locator("#conversation")).to_be_hidden()
     assert (await status())[1] is None
     async with rt.db.read() as session:

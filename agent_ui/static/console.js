@@ -515,11 +515,21 @@ function addWaiting(conv) {
   item.dataset.conversationId = conv.id;
   item.dataset.channel = conv.channel || "";
   item.tabIndex = 0;
-  item.append(el("span", "channel", channelName(conv.channel)), el("span", "name", t("conversation", { id: conv.id })));
+  const name = el("span", "name", conv.customer_label || t("conversation", { id: conv.id }));
+  item.append(el("span", "channel", channelName(conv.channel)), name);
   item.addEventListener("click", () => openConversation(conv.id));
   $("waiting").prepend(item);
   waiting.set(conv.id, { element: item });
   filterWaiting();
+  // A live arrival names only its customer's id: show who it is, as the list does.
+  if (!conv.customer_label && conv.customer_id) {
+    api(`/api/v1/customers/${Number(conv.customer_id)}`)
+      .then((c) => {
+        const label = c.name || c.phone || c.email || c.identities?.[0]?.address;
+        if (label) name.textContent = label;
+      })
+      .catch(() => {});
+  }
 }
 
 function dropWaiting(id) {
