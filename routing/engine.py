@@ -88,6 +88,7 @@ SWEEP_SECONDS = 10.0  # the reconcile sweep (a safety net for missed events) in 
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
+HOUSEKEEPING_CHANNEL = "routing.housekeeping"  # local only: expiry, overflow... changed things
 # Events after which a conversation may need a task (its own quick pass); any event at all
 # may free an agent or change presence, so every wake-up also plans.
 ROUTABLE = frozenset({"conversation.created", "conversation.updated", "conversation.assigned"})
@@ -1775,11 +1776,7 @@ class RoutingEngine:
         tasks either way. Then every waiting task that can be matched is offered. Returns
         offers made."""
         if full:
-            if sweep:
-                await self.reconcile()
-            await self.expire_offers()
-            await self.overflow()
-            await self.disconnects()
+            await self.housekeeping(sweep=sweep)
         if conversations:
             await self.enqueue_many(conversations)
         made = 0
@@ -1790,14 +1787,25 @@ class RoutingEngine:
             await self.rt.committed()
         return made
 
+    async def housekeeping(self, *, sweep: bool) -> int:
+        """The time-driven part of a full pass, without planning: offer expiry, overflow,
+        silent agents and, with ``sweep``, the reconcile sweep. Returns how many things it
+        changed (a pass should plan after it when any)."""
+        changed = await self.reconcile() if sweep else 0
+        changed += await self.expire_offers()
+        changed += await self.overflow()
+        changed += await self.disconnects()
+        return changed
+
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop``. Events on the bus wake a quick pass for the conversations
-        they name (new, reopened, unassigned); every tick a full pass (offer expiry,
-        overflow, disconnects) runs regardless, with the reconcile sweep every SWEEP_SECONDS
-        (and first). The picture of the agents is
-        reloaded in the background (passes go on with the old one meanwhile) after events
-        that change agents and at least every SNAPSHOT_SECONDS; a finished reload wakes a
-        pass of its own."""
+        they name (new, reopened, unassigned); every tick a quick pass runs regardless, and
+        the housekeeping (offer expiry, overflow, disconnects; the reconcile sweep every
+        SWEEP_SECONDS, and first) runs beside the passes in a task of its own, waking a pass
+        when it changed anything: arrivals never queue behind it. The picture of the agents
+        is reloaded in the background too (passes go on with the old one meanwhile) after
+        events that change agents and at least every SNAPSHOT_SECONDS; a finished reload
+        wakes a pass of its own."""
         from contact_center.relay import EVENTS_CHANNEL
 
         tick = self.settings.routing_tick_seconds
@@ -1805,6 +1813,7 @@ class RoutingEngine:
         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
         next_full = next_snapshot = next_sweep = 0.0
         reload: asyncio.Task[None] | None = None
+        chores: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
 
         async def reload_snapshot(into: Any) -> None:
@@ -1812,11 +1821,20 @@ class RoutingEngine:
                 self._snapshot = await self._candidates(session)
             into.notify(SNAPSHOT_CHANNEL, {})
 
+        async def housekeep(into: Any, sweep: bool) -> None:
+            nonlocal next_sweep
+            try:
+                if await self.housekeeping(sweep=sweep):
+                    into.notify(HOUSEKEEPING_CHANNEL, {})
+            except Exception:
+                log.exception("routing housekeeping failed; retrying")
+                next_sweep = 0.0  # whatever it missed, the next sweep finds
+
         try:
             while not stop.is_set():
                 try:
                     now = loop.time()
-                    if sub.lagged:  # we missed events: resubscribe; full pass, fresh picture
+                    if sub.lagged:  # we missed events: resubscribe; sweep, fresh picture
                         sub.close()
                         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
                         next_full = next_snapshot = next_sweep = now
@@ -1830,31 +1848,27 @@ class RoutingEngine:
                     elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
                         next_snapshot = now + SNAPSHOT_SECONDS
                         reload = asyncio.create_task(reload_snapshot(sub))
-                    # The conversations the events name get their tasks in this pass, full
-                    # or quick (the sweep is only a safety net, every SWEEP_SECONDS).
+                    # The conversations the events name get their tasks in this pass (the
+                    # sweep is only a safety net, every SWEEP_SECONDS).
                     ids = [
                         int(env["conversation_id"])
                         for channel, env in pending
                         if channel == EVENTS_CHANNEL and may_need_task(env)
                     ]
-                    if now >= next_full:
+                    tick_due = now >= next_full
+                    if tick_due:
                         next_full = now + tick
-                        sweep = now >= next_sweep
-                        if sweep:
-                            next_sweep = now + SWEEP_SECONDS
-                        # The waiting arrivals first; the sweep (tens of ms with thousands of
-                        # conversations) after them, with a pass of its own if it found any.
-                        await self.run_pass(
-                            full=True, conversations=ids, agents_changed=False, sweep=False
-                        )
-                        if sweep and await self.reconcile():
-                            await self.run_pass(full=False, agents_changed=False)
-                    elif ids or changed or any(ch != EVENTS_CHANNEL for ch, _ in pending):
-                        # Only what can make an offer possible wakes a quick pass: a
-                        # conversation that may need a task, a change to the agents, a wake-up
-                        # or a reloaded snapshot. The engine's own offers and assignments,
-                        # messages and the like do not (a pass for each of them queued the next
-                        # arrival behind a plan over every agent); the tick still runs.
+                        if chores is None or chores.done():
+                            sweep = now >= next_sweep
+                            if sweep:
+                                next_sweep = now + SWEEP_SECONDS
+                            chores = asyncio.create_task(housekeep(sub, sweep))
+                    if tick_due or ids or changed or any(ch != EVENTS_CHANNEL for ch, _ in pending):
+                        # Only what can make an offer possible wakes a pass: a conversation
+                        # that may need a task, a change to the agents, a wake-up, finished
+                        # housekeeping or a reloaded snapshot. The engine's own offers and
+                        # assignments, messages and the like do not (a pass for each of them
+                        # queued the next arrival behind a plan over every agent).
                         await self.run_pass(full=False, conversations=ids, agents_changed=False)
                 except Exception:
                     log.exception("routing pass failed; retrying")
@@ -1864,8 +1878,9 @@ class RoutingEngine:
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
-            if reload is not None:
-                reload.cancel()
+            for task in (reload, chores):
+                if task is not None:
+                    task.cancel()
             sub.close()
 
     async def _load_candidates(self) -> dict[int, Candidate]:
