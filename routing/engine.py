@@ -785,15 +785,18 @@ class RoutingEngine:
                 .where(Message.conversation_id.in_(ids), Message.direction == "in")
                 .group_by(Message.conversation_id)
             )
-            first_text = dict(
-                (
-                    await session.execute(
-                        select(Message.conversation_id, Message.text).where(
-                            Message.id.in_(first_ids)
+            # The first message's text is only read when some rule matches keywords.
+            first_text: dict[int, str | None] = {}
+            if any((rule.conditions or {}).get("keywords") for rule in rules):
+                first_text = dict(
+                    (
+                        await session.execute(
+                            select(Message.conversation_id, Message.text).where(
+                                Message.id.in_(first_ids)
+                            )
                         )
-                    )
-                ).all()
-            )
+                    ).all()
+                )
             chosen = {
                 conv.id: pick_queue(
                     queues,
