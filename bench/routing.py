@@ -3,7 +3,9 @@
     .venv/bin/python bench/routing.py            # 1,000 agents, 10,000 waiting (a few minutes)
     .venv/bin/python bench/routing.py --quick    # 100 agents, 1,000 waiting
 
-A dedicated database ``cc_bench_routing`` is created, migrated and dropped again.
+A dedicated database (``cc_bench_routing``, or ``--database``) is created, migrated and
+dropped again; the bus uses Redis database 14 (``--redis-db``). The machine's load average at
+the start and the end is recorded beside the figures (the machine may be shared).
 
 1. *Backlog*: N agents are available (chat capacity 10 each, so the backlog fits) and M
    conversations wait (created through the real ingest, from M different numbers, before any
@@ -57,6 +59,11 @@ RESULTS = ROOT / "bench" / "results"
 PG_DB = "cc_bench_routing"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 WARM_UP = 20
+
+
+def set_targets(database: str, redis_db: int) -> None:
+    global PG_DB, REDIS_URL
+    PG_DB, REDIS_URL = database, f"redis://127.0.0.1:6379/{redis_db}"
 
 
 async def recreate(drop_only: bool = False) -> None:
@@ -252,7 +259,11 @@ async def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--waiting", type=int, default=10000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--database", default=PG_DB, help="scratch database (dropped after)")
+    parser.add_argument("--redis-db", type=int, default=14, help="Redis database for the bus")
     args = parser.parse_args()
+    set_targets(args.database, args.redis_db)
+    load_before = os.getloadavg()
     agents_n, waiting = (100, 1000) if args.quick else (args.agents, args.waiting)
     await recreate()
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}"
@@ -296,6 +307,7 @@ async def main() -> None:
         "python": platform.python_version(),
         "postgresql": pg_version,
         "quick": args.quick,
+        "load_average_1m_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "routing.json").write_text(json.dumps(result, indent=2))
@@ -311,6 +323,8 @@ async def main() -> None:
         f"{base['update_commit_per_s_c1']:.0f} / {base['update_commit_per_s_c8']:.0f} |\n"
         f"| arrival-to-offer p50 / p99 / max (ms, agents free) | "
         f"{lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']} |\n"
+        f"| machine load average (1 min) at start / end | "
+        f"{' / '.join(str(x) for x in result['machine']['load_average_1m_start_end'])} |\n"
     )
     plot(result, RESULTS / "routing.png")
 
