@@ -193,7 +193,7 @@ class AgentSession:
                 )
                 summaries = await engine_of(self.rt).summaries(session, conversations)
                 pending = [
-                    offer_view(o, tasks[o.task_id], summaries[o.conversation_id])
+                    offer_view(o, tasks[o.task_id].enqueued_at, summaries[o.conversation_id])
                     for o in offers
                     if o.task_id in tasks and o.conversation_id in summaries
                 ]

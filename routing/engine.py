@@ -18,7 +18,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -75,6 +88,7 @@ SWEEP_SECONDS = 10.0  # the reconcile sweep (a safety net for missed events) in 
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
+HOUSEKEEPING_CHANNEL = "routing.housekeeping"  # local only: expiry, overflow... changed things
 # Events after which a conversation may need a task (its own quick pass); any event at all
 # may free an agent or change presence, so every wake-up also plans.
 ROUTABLE = frozenset({"conversation.created", "conversation.updated", "conversation.assigned"})
@@ -90,6 +104,17 @@ EVENT_TYPES = (
 )
 
 
+_STATUS: Table = AgentStatus.__table__  # type: ignore[assignment]
+_AGENTS: Table = Agent.__table__  # type: ignore[assignment]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
+_INBOXES: Table = Inbox.__table__  # type: ignore[assignment]
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+_TASKS: Table = RoutingTask.__table__  # type: ignore[assignment]
+_OFFERS: Table = Offer.__table__  # type: ignore[assignment]
+_QUEUES: Table = Queue.__table__  # type: ignore[assignment]
+
+
 class RoutingError(ValueError):
     """An answer or action that cannot be applied (wrong agent, stale offer, no capacity)."""
 
@@ -101,10 +126,11 @@ class RoutingForbidden(RoutingError):
 # --------------------------------------------------------------------------- views
 
 
-def offer_view(offer: Offer, task: RoutingTask, extra: dict[str, Any]) -> dict[str, Any]:
+def offer_view(offer: Offer, enqueued_at: datetime, extra: dict[str, Any]) -> dict[str, Any]:
+    """An offer as agents see it; ``enqueued_at`` is its task's."""
     return {
         "offer_id": offer.id,
-        "task_id": task.id,
+        "task_id": offer.task_id,
         "conversation_id": offer.conversation_id,
         "agent_id": offer.agent_id,
         "queue_id": offer.queue_id,
@@ -112,7 +138,7 @@ def offer_view(offer: Offer, task: RoutingTask, extra: dict[str, Any]) -> dict[s
         "status": offer.status,
         "created_at": ts(offer.created_at),
         "expires_at": ts(offer.expires_at),
-        "enqueued_at": ts(task.enqueued_at),
+        "enqueued_at": ts(enqueued_at),
         **extra,
     }
 
@@ -217,6 +243,21 @@ async def lock_in_id_order(
         query = query.execution_options(populate_existing=True)
     rows = (await session.scalars(query)).all()
     return {int(getattr(row, key.key)): row for row in rows}
+
+
+async def lock_rows_in_id_order(
+    session: AsyncSession,
+    query: Select[Any],
+    key: ColumnElement[int],
+    ids: Collection[int] | Select[Any],
+    *,
+    of: Table,
+) -> list[Row[Any]]:
+    """``lock_in_id_order`` for Core reads: the rows of ``query`` (columns of ``of`` and of
+    tables joined to it) whose ``key`` is in ``ids`` (a list or a subquery), with ``of``'s
+    rows locked in key order; only ``of`` is locked."""
+    query = query.where(key.in_(ids)).order_by(key).with_for_update(of=of)
+    return list((await session.execute(query)).all())
 
 
 async def withdraw_offers(
@@ -336,6 +377,18 @@ async def new_task(
     )
 
 
+def assigned_payload(
+    conversation: Conversation, previous: int | None, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """The ``conversation.assigned`` event's payload (the conversation as assigned)."""
+    return {
+        **conversation_view(conversation),
+        "previous_assignee_id": previous,
+        "reason": reason,
+        **extra,
+    }
+
+
 def set_assignee(
     session: AsyncSession,
     conversation: Conversation,
@@ -353,12 +406,7 @@ def set_assignee(
     events.append(
         session,
         "conversation.assigned",
-        {
-            **conversation_view(conversation),
-            "previous_assignee_id": previous,
-            "reason": reason,
-            **extra,
-        },
+        assigned_payload(conversation, previous, reason, **extra),
         clock=clock,
         agent_id=agent_id if agent_id is not None else previous,
         conversation_id=conversation.id,
@@ -413,13 +461,13 @@ async def agent_loads(
     (of the agents given, of the available ones, or of all)."""
     loads: dict[int, dict[str, int]] = defaultdict(_zero_load)
     assigned = (
-        select(Conversation.assignee_id, Inbox.kind, func.count())
+        select(literal(False).label("is_offer"), Conversation.assignee_id, Inbox.kind, func.count())
         .join(Inbox, Inbox.id == Conversation.inbox_id)
         .where(Conversation.assignee_id.is_not(None), Conversation.status.in_(LOAD_STATUSES))
         .group_by(Conversation.assignee_id, Inbox.kind)
     )
     offered = (
-        select(Offer.agent_id, Offer.channel, func.count())
+        select(literal(True).label("is_offer"), Offer.agent_id, Offer.channel, func.count())
         .where(Offer.status == OfferStatus.pending.value)
         .group_by(Offer.agent_id, Offer.channel)
     )
@@ -432,11 +480,11 @@ async def agent_loads(
         assigned = assigned.where(available)
         offered = offered.join(AgentStatus, AgentStatus.agent_id == Offer.agent_id)
         offered = offered.where(available)
-    for assignee_id, kind, n in (await session.execute(assigned)).all():
-        if assignee_id is not None:
-            loads[assignee_id][channel_class(kind).value] += n
-    for agent_id, cls, n in (await session.execute(offered)).all():
-        loads[agent_id][cls] += n
+    # One round trip: the assigned rows name an inbox kind, the offered rows a class.
+    rows: Any = (await session.execute(union_all(assigned, offered))).all()
+    for is_offer, agent_id, name, n in rows:
+        if agent_id is not None:
+            loads[agent_id][name if is_offer else channel_class(name).value] += n
     return loads
 
 
@@ -737,15 +785,18 @@ class RoutingEngine:
                 .where(Message.conversation_id.in_(ids), Message.direction == "in")
                 .group_by(Message.conversation_id)
             )
-            first_text = dict(
-                (
-                    await session.execute(
-                        select(Message.conversation_id, Message.text).where(
-                            Message.id.in_(first_ids)
+            # The first message's text is only read when some rule matches keywords.
+            first_text: dict[int, str | None] = {}
+            if any((rule.conditions or {}).get("keywords") for rule in rules):
+                first_text = dict(
+                    (
+                        await session.execute(
+                            select(Message.conversation_id, Message.text).where(
+                                Message.id.in_(first_ids)
+                            )
                         )
-                    )
-                ).all()
-            )
+                    ).all()
+                )
             chosen = {
                 conv.id: pick_queue(
                     queues,
@@ -1183,86 +1234,125 @@ class RoutingEngine:
     async def commit_offers(self, planned: list[Planned]) -> list[Offer]:
         """Commit planned offers in one transaction, each re-checked: the agents' status rows
         are locked (in id order, so racing engines cannot deadlock on them), loads recounted,
-        tasks claimed with a conditional update; a plan that no longer holds is skipped.
-        Auto-accept classes are assigned in the same transaction."""
+        the conversations locked (in id order), tasks claimed with a conditional update; a
+        plan that no longer holds is skipped. Auto-accept classes are assigned in the same
+        transaction. Core statements, about ten round trips for the whole batch (the ORM's
+        unit of work took a dozen statements and most of the time of an arrival's pass)."""
         if not planned:
             return []
         now = self.clock.now()
+        task_ids = sorted({p.task_id for p in planned})
+        agent_ids = sorted({p.agent_id for p in planned})
         async with self.rt.db.write() as session:
-            agent_ids = sorted({p.agent_id for p in planned})
-            statuses = await lock_in_id_order(session, AgentStatus, AgentStatus.agent_id, agent_ids)
             agents = {
-                a.id: a
-                for a in (
-                    await session.scalars(
-                        select(Agent).where(Agent.id.in_(agent_ids)).options(lazyload(Agent.teams))
-                    )
-                ).all()
+                r.agent_id: r
+                for r in await lock_rows_in_id_order(
+                    session,
+                    select(
+                        _STATUS.c.agent_id,
+                        _STATUS.c.state,
+                        _AGENTS.c.capacity,
+                        _AGENTS.c.voice_blocks_chat,
+                        _AGENTS.c.is_active,
+                    ).join(_AGENTS, _AGENTS.c.id == _STATUS.c.agent_id),
+                    _STATUS.c.agent_id,
+                    agent_ids,
+                    of=_STATUS,
+                )
             }
             loads = await agent_loads(session, agent_ids)
             # Conversations before tasks (the lock order everywhere: agent status,
             # conversation, task, offer), so a direct assignment or transfer racing this
-            # commit waits instead of deadlocking. A task's conversation never changes.
-            conversation_ids = sorted(
-                set(
-                    (
-                        await session.scalars(
-                            select(RoutingTask.conversation_id).where(
-                                RoutingTask.id.in_([p.task_id for p in planned])
-                            )
-                        )
-                    ).all()
+            # commit waits instead of deadlocking. A task's conversation never changes. The
+            # same read brings what the offer shows the agent (``summaries``).
+            preview = (
+                select(_MESSAGES.c.text)
+                .where(
+                    _MESSAGES.c.conversation_id == _CONVERSATIONS.c.id,
+                    _MESSAGES.c.private.is_(False),
                 )
+                .order_by(_MESSAGES.c.id.desc())
+                .limit(1)
+                .scalar_subquery()
             )
-            conversations = await lock_in_id_order(
-                session, Conversation, Conversation.id, conversation_ids, fresh=True
-            )
-            tasks_table: Table = RoutingTask.__table__  # type: ignore[assignment]
-            claimed = set(
-                (
-                    await session.scalars(
-                        update(tasks_table)
+            conversations = {
+                r.id: r
+                for r in await lock_rows_in_id_order(
+                    session,
+                    select(
+                        *_CONVERSATIONS.c,
+                        _CUSTOMERS.c.name.label("customer_name"),
+                        _INBOXES.c.kind.label("inbox_kind"),
+                        preview.label("preview"),
+                    )
+                    .join(_CUSTOMERS, _CUSTOMERS.c.id == _CONVERSATIONS.c.customer_id)
+                    .join(_INBOXES, _INBOXES.c.id == _CONVERSATIONS.c.inbox_id),
+                    _CONVERSATIONS.c.id,
+                    select(_TASKS.c.conversation_id).where(_TASKS.c.id.in_(task_ids)),
+                    of=_CONVERSATIONS,
+                )
+            }
+            claimed = {
+                r.id: r
+                for r in (
+                    await session.execute(
+                        update(_TASKS)
                         .where(
-                            tasks_table.c.id.in_([p.task_id for p in planned]),
-                            tasks_table.c.status == TaskStatus.waiting.value,
+                            _TASKS.c.id.in_(task_ids),
+                            _TASKS.c.status == TaskStatus.waiting.value,
                         )
                         .values(status=TaskStatus.offered.value)
-                        .returning(tasks_table.c.id)
-                    )
-                ).all()
-            )
-            if not claimed:
-                return []
-            tasks = {
-                t.id: t
-                for t in (
-                    await session.scalars(
-                        select(RoutingTask)
-                        .where(RoutingTask.id.in_(claimed))
-                        .execution_options(populate_existing=True)
+                        .returning(
+                            _TASKS.c.id,
+                            _TASKS.c.conversation_id,
+                            _TASKS.c.queue_id,
+                            _TASKS.c.channel,
+                            _TASKS.c.enqueued_at,
+                        )
                     )
                 ).all()
             }
-            queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
-            offers: list[tuple[Offer, RoutingTask]] = []
+            if not claimed:
+                return []
+            queues = {
+                r.id: r
+                for r in (
+                    await session.execute(
+                        select(_QUEUES.c.id, _QUEUES.c.offer_timeout_seconds, _QUEUES.c.auto_accept)
+                    )
+                ).all()
+            }
+            made: list[tuple[Offer, Row[Any], Row[Any], bool]] = []
+            released: list[int] = []  # the plan no longer holds: the task waits again
+            moot: list[int] = []  # assigned or closed since it was queued: the task ends
             for item in planned:
-                task = tasks.get(item.task_id)
+                task = claimed.pop(item.task_id, None)
                 if task is None:
                     continue
-                status = statuses.get(item.agent_id)
-                agent = agents.get(item.agent_id)
+                conversation = conversations.get(task.conversation_id)
                 if (
-                    status is None
-                    or status.state != Presence.available
-                    or agent is None
-                    or not agent.is_active
-                    or not has_room(agent, loads[item.agent_id], task.channel)
-                    or task.queue_id not in queues
+                    conversation is None
+                    or conversation.assignee_id is not None
+                    or conversation.status != ConversationStatus.open.value
                 ):
-                    task.status = TaskStatus.waiting.value
+                    moot.append(task.id)
+                    continue
+                agent = agents.get(item.agent_id)
+                queue = queues.get(task.queue_id)
+                if (
+                    agent is None
+                    or agent.state != Presence.available.value
+                    or not agent.is_active
+                    or queue is None
+                    or not has_room(
+                        AgentProfile(agent.agent_id, agent.capacity or {}, agent.voice_blocks_chat),
+                        loads[item.agent_id],
+                        task.channel,
+                    )
+                ):
+                    released.append(task.id)
                     continue
                 loads[item.agent_id][task.channel] += 1
-                queue = queues[task.queue_id]
                 offer = Offer(
                     task_id=task.id,
                     conversation_id=task.conversation_id,
@@ -1272,43 +1362,147 @@ class RoutingEngine:
                     status=OfferStatus.pending.value,
                     created_at=now,
                     expires_at=now + timedelta(seconds=max(1, queue.offer_timeout_seconds)),
+                    answered_at=None,
                 )
-                session.add(offer)
-                status.last_offer_at = now
-                status.idle_since = now
-                offers.append((offer, task))
-            await session.flush()
-            if not offers:
-                return []
-            summaries = await self.summaries(
-                session, [conversations[o.conversation_id] for o, _ in offers]
-            )
-            made = []
-            for offer, task in offers:
-                conversation = conversations[offer.conversation_id]
-                if conversation.assignee_id is not None or conversation.status != "open":
-                    # Assigned or closed since it was queued: the task is moot.
-                    offer.status = OfferStatus.withdrawn.value
-                    offer.answered_at = now
-                    task.status = TaskStatus.cancelled.value
-                    task.active_conversation_id = None
-                    task.ended_at = now
-                    continue
-                events.append(
-                    session,
-                    "offer.created",
-                    offer_view(offer, task, summaries[conversation.id]),
-                    clock=self.clock,
-                    agent_id=offer.agent_id,
-                    conversation_id=conversation.id,
-                    customer_id=conversation.customer_id,
+                made.append((offer, task, conversation, task.channel in (queue.auto_accept or [])))
+            released += claimed  # claimed twice in one plan (never planned so): not offered
+            if released:
+                await session.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.id.in_(released))
+                    .values(status=TaskStatus.waiting.value)
                 )
-                if task.channel in (queues[task.queue_id].auto_accept or []):
-                    await self._accept(
-                        session, offer, task, conversation, statuses[offer.agent_id], auto=True
+            if moot:
+                await session.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.id.in_(moot))
+                    .values(
+                        status=TaskStatus.cancelled.value, active_conversation_id=None, ended_at=now
                     )
-                made.append(offer)
-            return made
+                )
+            if not made:
+                return []
+            await self._write_offers(session, made, now)
+            return [offer for offer, *_ in made]
+
+    async def _write_offers(
+        self,
+        session: AsyncSession,
+        made: list[tuple[Offer, Row[Any], Row[Any], bool]],
+        now: datetime,
+    ) -> None:
+        """``commit_offers``' writes: the offers (auto-accepted ones as accepted), the agents'
+        marks, the auto-accepted tasks and conversations, and the events, each one batch."""
+        columns = ("task_id", "conversation_id", "agent_id", "queue_id", "channel")
+        rows = [
+            {
+                **{name: getattr(offer, name) for name in columns},
+                "status": (OfferStatus.accepted if auto else OfferStatus.pending).value,
+                "created_at": offer.created_at,
+                "expires_at": offer.expires_at,
+                "answered_at": now if auto else None,
+            }
+            for offer, _, _, auto in made
+        ]
+        ids: dict[int, int] = dict(
+            (
+                await session.execute(
+                    insert(_OFFERS).returning(_OFFERS.c.task_id, _OFFERS.c.id), rows
+                )
+            ).all()
+        )
+        auto_agents = {offer.agent_id for offer, _, _, auto in made if auto}
+        await session.execute(
+            update(_STATUS)
+            .where(_STATUS.c.agent_id.in_({offer.agent_id for offer, *_ in made}))
+            .values(
+                last_offer_at=now,
+                idle_since=now,
+                missed_offers=case(
+                    (_STATUS.c.agent_id.in_(auto_agents), 0), else_=_STATUS.c.missed_offers
+                ),
+            )
+        )
+        log_rows: list[dict[str, Any]] = []
+        assigned: list[dict[str, Any]] = []
+        for offer, task, conversation, auto in made:
+            offer.id = ids[task.id]
+            summary = {
+                "channel": conversation.inbox_kind,
+                "inbox_id": conversation.inbox_id,
+                "customer": {"id": conversation.customer_id, "name": conversation.customer_name},
+                "priority": Priority(conversation.priority).name,
+                "subject": conversation.subject,
+                "preview": (conversation.preview or "")[:200],
+            }
+            context = {
+                "clock": self.clock,
+                "agent_id": offer.agent_id,
+                "conversation_id": conversation.id,
+            }
+            log_rows.append(
+                events.row(
+                    "offer.created",
+                    offer_view(offer, task.enqueued_at, summary),
+                    customer_id=conversation.customer_id,
+                    **context,
+                )
+            )
+            if not auto:
+                continue
+            offer.status = OfferStatus.accepted.value
+            offer.answered_at = now
+            view = Conversation(
+                **{c.key: conversation._mapping[c] for c in _CONVERSATIONS.c},
+            )
+            view.assignee_id = offer.agent_id
+            view.updated_at = now
+            assigned.append({"b_id": conversation.id, "b_agent": offer.agent_id})
+            log_rows.append(
+                events.row(
+                    "offer.accepted",
+                    {"offer_id": offer.id, "conversation_id": conversation.id, "auto": True},
+                    **context,
+                )
+            )
+            log_rows.append(
+                events.row(
+                    "conversation.assigned",
+                    assigned_payload(
+                        view,
+                        None,
+                        "auto-accepted",
+                        queue_id=task.queue_id,
+                        waited_seconds=round((now - task.enqueued_at).total_seconds(), 3),
+                    ),
+                    customer_id=conversation.customer_id,
+                    **context,
+                )
+            )
+        if assigned:
+            await session.execute(
+                update(_TASKS)
+                .where(_TASKS.c.id == bindparam("b_task"))
+                .values(
+                    status=TaskStatus.assigned.value,
+                    agent_id=bindparam("b_agent"),
+                    assigned_at=now,
+                    ended_at=now,
+                    active_conversation_id=None,
+                ),
+                [
+                    {"b_task": task.id, "b_agent": offer.agent_id}
+                    for offer, task, _, auto in made
+                    if auto
+                ],
+            )
+            await session.execute(
+                update(_CONVERSATIONS)
+                .where(_CONVERSATIONS.c.id == bindparam("b_id"))
+                .values(assignee_id=bindparam("b_agent"), updated_at=now),
+                assigned,
+            )
+        await events.insert_rows(session, log_rows)
 
     async def summaries(
         self, session: AsyncSession, conversations: list[Conversation]
@@ -1585,11 +1779,7 @@ class RoutingEngine:
         tasks either way. Then every waiting task that can be matched is offered. Returns
         offers made."""
         if full:
-            if sweep:
-                await self.reconcile()
-            await self.expire_offers()
-            await self.overflow()
-            await self.disconnects()
+            await self.housekeeping(sweep=sweep)
         if conversations:
             await self.enqueue_many(conversations)
         made = 0
@@ -1600,14 +1790,25 @@ class RoutingEngine:
             await self.rt.committed()
         return made
 
+    async def housekeeping(self, *, sweep: bool) -> int:
+        """The time-driven part of a full pass, without planning: offer expiry, overflow,
+        silent agents and, with ``sweep``, the reconcile sweep. Returns how many things it
+        changed (a pass should plan after it when any)."""
+        changed = await self.reconcile() if sweep else 0
+        changed += await self.expire_offers()
+        changed += await self.overflow()
+        changed += await self.disconnects()
+        return changed
+
     async def run(self, stop: asyncio.Event) -> None:
         """Route until ``stop``. Events on the bus wake a quick pass for the conversations
-        they name (new, reopened, unassigned); every tick a full pass (offer expiry,
-        overflow, disconnects) runs regardless, with the reconcile sweep every SWEEP_SECONDS
-        (and first). The picture of the agents is
-        reloaded in the background (passes go on with the old one meanwhile) after events
-        that change agents and at least every SNAPSHOT_SECONDS; a finished reload wakes a
-        pass of its own."""
+        they name (new, reopened, unassigned); every tick a quick pass runs regardless, and
+        the housekeeping (offer expiry, overflow, disconnects; the reconcile sweep every
+        SWEEP_SECONDS, and first) runs beside the passes in a task of its own, waking a pass
+        when it changed anything: arrivals never queue behind it. The picture of the agents
+        is reloaded in the background too (passes go on with the old one meanwhile) after
+        events that change agents and at least every SNAPSHOT_SECONDS; a finished reload
+        wakes a pass of its own."""
         from contact_center.relay import EVENTS_CHANNEL
 
         tick = self.settings.routing_tick_seconds
@@ -1615,6 +1816,7 @@ class RoutingEngine:
         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
         next_full = next_snapshot = next_sweep = 0.0
         reload: asyncio.Task[None] | None = None
+        chores: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
 
         async def reload_snapshot(into: Any) -> None:
@@ -1622,11 +1824,20 @@ class RoutingEngine:
                 self._snapshot = await self._candidates(session)
             into.notify(SNAPSHOT_CHANNEL, {})
 
+        async def housekeep(into: Any, sweep: bool) -> None:
+            nonlocal next_sweep
+            try:
+                if await self.housekeeping(sweep=sweep):
+                    into.notify(HOUSEKEEPING_CHANNEL, {})
+            except Exception:
+                log.exception("routing housekeeping failed; retrying")
+                next_sweep = 0.0  # whatever it missed, the next sweep finds
+
         try:
             while not stop.is_set():
                 try:
                     now = loop.time()
-                    if sub.lagged:  # we missed events: resubscribe; full pass, fresh picture
+                    if sub.lagged:  # we missed events: resubscribe; sweep, fresh picture
                         sub.close()
                         sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
                         next_full = next_snapshot = next_sweep = now
@@ -1640,31 +1851,27 @@ class RoutingEngine:
                     elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
                         next_snapshot = now + SNAPSHOT_SECONDS
                         reload = asyncio.create_task(reload_snapshot(sub))
-                    # The conversations the events name get their tasks in this pass, full
-                    # or quick (the sweep is only a safety net, every SWEEP_SECONDS).
+                    # The conversations the events name get their tasks in this pass (the
+                    # sweep is only a safety net, every SWEEP_SECONDS).
                     ids = [
                         int(env["conversation_id"])
                         for channel, env in pending
                         if channel == EVENTS_CHANNEL and may_need_task(env)
                     ]
-                    if now >= next_full:
+                    tick_due = now >= next_full
+                    if tick_due:
                         next_full = now + tick
-                        sweep = now >= next_sweep
-                        if sweep:
-                            next_sweep = now + SWEEP_SECONDS
-                        # The waiting arrivals first; the sweep (tens of ms with thousands of
-                        # conversations) after them, with a pass of its own if it found any.
-                        await self.run_pass(
-                            full=True, conversations=ids, agents_changed=False, sweep=False
-                        )
-                        if sweep and await self.reconcile():
-                            await self.run_pass(full=False, agents_changed=False)
-                    elif ids or changed or any(ch != EVENTS_CHANNEL for ch, _ in pending):
-                        # Only what can make an offer possible wakes a quick pass: a
-                        # conversation that may need a task, a change to the agents, a wake-up
-                        # or a reloaded snapshot. The engine's own offers and assignments,
-                        # messages and the like do not (a pass for each of them queued the next
-                        # arrival behind a plan over every agent); the tick still runs.
+                        if chores is None or chores.done():
+                            sweep = now >= next_sweep
+                            if sweep:
+                                next_sweep = now + SWEEP_SECONDS
+                            chores = asyncio.create_task(housekeep(sub, sweep))
+                    if tick_due or ids or changed or any(ch != EVENTS_CHANNEL for ch, _ in pending):
+                        # Only what can make an offer possible wakes a pass: a conversation
+                        # that may need a task, a change to the agents, a wake-up, finished
+                        # housekeeping or a reloaded snapshot. The engine's own offers and
+                        # assignments, messages and the like do not (a pass for each of them
+                        # queued the next arrival behind a plan over every agent).
                         await self.run_pass(full=False, conversations=ids, agents_changed=False)
                 except Exception:
                     log.exception("routing pass failed; retrying")
@@ -1674,8 +1881,9 @@ class RoutingEngine:
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
-            if reload is not None:
-                reload.cancel()
+            for task in (reload, chores):
+                if task is not None:
+                    task.cancel()
             sub.close()
 
     async def _load_candidates(self) -> dict[int, Candidate]:
