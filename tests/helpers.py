@@ -17,6 +17,7 @@ from contact_center.ingest import InboundMessage, IngestResult
 from contact_center.jobs import InProcessJobs, RqJobs
 from contact_center.models import Agent, Inbox, Role, Team, TeamMember
 from contact_center.runtime import Runtime
+from contact_center.settings import get_settings
 from contact_center.wiring import build_scheduler
 
 TWILIO_SID = "AC" + "1" * 32
@@ -151,13 +152,33 @@ def _rq_idle(jobs: RqJobs) -> bool:
     return queue.count == 0 and ScheduledJobRegistry(queue=queue).count == 0
 
 
+def run_rq_worker_here(jobs: RqJobs) -> None:
+    """A real rq worker in burst mode on this test's queue, in the calling thread: rq takes the
+    jobs off Redis and runs ``wiring.run_rq_job`` as a worker process does (a fresh runtime and
+    event loop per job), without the seconds a new process costs to start. Not forking and off
+    the main thread, it uses a timer for job timeouts and installs no signal handlers."""
+    from rq import SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    class ThreadWorker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty
+
+        def _install_signal_handlers(self) -> None:
+            pass
+
+    get_settings.cache_clear()  # the job's runtime reads this test's CC_* settings
+    queue = jobs.queue
+    ThreadWorker([queue], connection=queue.connection).work(burst=True, with_scheduler=True)
+
+
 async def run_jobs(rt: Runtime) -> None:
-    """Run every job queued so far to completion, on whichever runner the backend uses (a real
-    rq worker is started only when the queue has work: starting one costs seconds)."""
+    """Run every job queued so far to completion, on whichever runner the backend uses (the rq
+    worker only when the queue has work)."""
     if isinstance(rt.jobs, InProcessJobs):
         await rt.jobs.drain()
-    elif isinstance(rt.jobs, RqJobs) and await asyncio.to_thread(_rq_idle, rt.jobs):
-        return
+    elif isinstance(rt.jobs, RqJobs):
+        if not await asyncio.to_thread(_rq_idle, rt.jobs):
+            await asyncio.to_thread(run_rq_worker_here, rt.jobs)
     else:
         await asyncio.to_thread(run_rq_worker)
 
