@@ -1,7 +1,7 @@
 """Fixtures: every test that touches state runs against both backends.
 
 - ``sqlite``: the embedded default (SQLite file, in-process bus, in-process jobs).
-- ``postgres``: PostgreSQL + Redis bus + rq (jobs run by a real ``contact-center worker``).
+- ``postgres``: PostgreSQL + Redis bus + rq (jobs run by a real rq worker, ``tests.helpers``).
 
 Each pytest process migrates one PostgreSQL database (``CC_TEST_PG_DB``, default ``cc_test``)
 and one SQLite template once, then gives every test a clean copy (SQLite) or truncated tables
