@@ -117,7 +117,9 @@ def scheduler() -> None:
         from contact_center.runtime import settle_heap
         from contact_center.wiring import build_runtime, build_scheduler
 
-        rt = await build_runtime(settings)
+        # Every loop of the scheduler retries a failed step: no pre-ping round trip on its
+        # path (see Database).
+        rt = await build_runtime(settings, pre_ping=False)
         try:
             await rt.db.check_migrated()
             settle_heap()

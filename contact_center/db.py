@@ -42,7 +42,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _make_engine(url: str, *, immediate: bool, pool: bool = True) -> AsyncEngine:
+def _make_engine(
+    url: str, *, immediate: bool, pool: bool = True, pre_ping: bool = True
+) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
     if not pool:
         kwargs["poolclass"] = NullPool
@@ -59,7 +61,7 @@ def _make_engine(url: str, *, immediate: bool, pool: bool = True) -> AsyncEngine
 
         return engine
     if pool:
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=pre_ping)
     return create_async_engine(url, **kwargs)
 
 
@@ -69,12 +71,17 @@ async def _keep_session(_connection: Any) -> None:
 
 class Database:
     """The process's database handle: ``write()`` for transactions that change state,
-    ``read()`` for queries."""
+    ``read()`` for queries.
 
-    def __init__(self, url: str, *, pool: bool = True) -> None:
+    ``pre_ping`` (PostgreSQL) checks a pooled connection with a round trip before each use,
+    so a request never fails on a connection the server dropped. Loops that retry anyway (the
+    scheduler's) turn it off: a dropped connection then fails one attempt, SQLAlchemy
+    discards the pool's connections, and the next attempt connects afresh."""
+
+    def __init__(self, url: str, *, pool: bool = True, pre_ping: bool = True) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = _make_engine(url, immediate=True, pool=pool)
+        self.engine = _make_engine(url, immediate=True, pool=pool, pre_ping=pre_ping)
         self.read_engine = (
             _make_engine(url, immediate=False, pool=pool) if self.is_sqlite else self.engine
         )

@@ -102,6 +102,8 @@ class IngestResult:
     duplicate: bool
     conversation_created: bool = False
     rejected_attachments: tuple[str, ...] = ()
+    # The conversation was created or (re)opened without an assignee: it may need routing.
+    routable: bool = False
 
 
 class Ingestor:
@@ -110,6 +112,9 @@ class Ingestor:
         self.store = store
         self.clock = clock
         self._inbox_kinds: dict[str, str] = {}
+        # Conversations committed as routable since ``take_arrivals`` last ran (a hint for
+        # the routing engine, published by ``Runtime.committed``).
+        self._arrivals: set[int] = set()
         # PostgreSQL: concurrent hot ingests in this process share one statement.
         self.hot_batches: GroupCommit[_HotRow, IngestResult | None] = GroupCommit(self._send_hot)
 
@@ -132,6 +137,8 @@ class Ingestor:
                         return found
                 async with self.db.write() as session:
                     result = await self._ingest_once(session, msg, stored, rejected)
+                if result.routable:
+                    self._arrivals.add(result.conversation_id)
                 return result
             except IntegrityError:
                 # A concurrent ingest created the same message, identity or active
@@ -436,7 +443,13 @@ class Ingestor:
             duplicate=False,
             conversation_created=created,
             rejected_attachments=tuple(rejected),
+            routable=(created or changed or reopened) and conversation.assignee_id is None,
         )
+
+    def take_arrivals(self) -> list[int]:
+        """The routable conversations committed since the last call (and forget them)."""
+        arrivals, self._arrivals = self._arrivals, set()
+        return sorted(arrivals)
 
     async def _channel(self, session: AsyncSession, inbox_id: str) -> str:
         kind = self._inbox_kinds.get(inbox_id)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from contact_center.outbound import ChannelSender, Notifier
 
 WAKE_CHANNEL = "relay.wake"
+# Conversations just committed that may need routing, straight to the routing engine: a hint
+# that saves it waiting for the relay to publish their events (which still follow, and the
+# engine's sweep stays the safety net when a hint is lost).
+ARRIVALS_CHANNEL = "routing.arrivals"
 
 
 def settle_heap() -> None:
@@ -49,7 +53,11 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def committed(self) -> None:
-        """Tell the relay (here or in the scheduler process) that new events are committed."""
+        """Tell the relay (here or in the scheduler process) that new events are committed,
+        and the routing engine which conversations this process's ingests just opened."""
+        arrivals = self.ingestor.take_arrivals()
+        if arrivals:
+            await self.bus.publish(ARRIVALS_CHANNEL, {"conversation_ids": arrivals})
         await self.bus.publish(WAKE_CHANNEL, {})
 
     async def close(self) -> None:

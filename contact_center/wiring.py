@@ -87,10 +87,10 @@ def periodic() -> list[Periodic]:
 
 
 async def build_runtime(
-    settings: Settings, *, clock: Clock | None = None, pool: bool = True
+    settings: Settings, *, clock: Clock | None = None, pool: bool = True, pre_ping: bool = True
 ) -> Runtime:
     clock = clock or SystemClock()
-    db = Database(settings.database_url, pool=pool)
+    db = Database(settings.database_url, pool=pool, pre_ping=pre_ping)
     store = AttachmentStore(settings.attachments_dir, settings.attachment_max_bytes)
     bus = make_bus(settings.redis_url)
     await bus.start()

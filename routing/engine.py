@@ -49,6 +49,7 @@ from contact_center.models import (
     Priority,
     TeamMember,
 )
+from contact_center.runtime import ARRIVALS_CHANNEL
 from contact_center.views import conversation_view, ts
 from routing import sla
 from routing.models import (
@@ -87,6 +88,8 @@ SNAPSHOT_SECONDS = 30.0
 SWEEP_SECONDS = 10.0  # the reconcile sweep (a safety net for missed events) in the run loop
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
+HINT_SECONDS = 60.0  # an event repeating an arrival hint this recent is skipped
+HINTS_KEPT = 10_000  # hinted conversations remembered before the old ones are dropped
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
 HOUSEKEEPING_CHANNEL = "routing.housekeeping"  # local only: expiry, overflow... changed things
 # Events after which a conversation may need a task (its own quick pass); any event at all
@@ -615,6 +618,50 @@ def frees_or_changes_agents(env: dict[str, Any]) -> bool:
     return False
 
 
+class ArrivalHints:
+    """Which conversations a batch of bus messages asks the engine to give tasks to.
+
+    An arrival hint names conversations an ingest just committed as routable; the events of
+    the same commit (``conversation.created``, or ``conversation.updated`` because the customer
+    replied) follow through the relay a few milliseconds later and would only repeat it, so
+    they are skipped for conversations hinted within HINT_SECONDS. Any other event that may
+    need a task (a status change, an unassignment) still counts. A lost hint costs nothing
+    but latency: the events then count, or at worst the sweep finds the conversation."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}
+
+    def conversations(self, pending: list[tuple[str, dict[str, Any]]], now: float) -> list[int]:
+        if len(self._seen) > HINTS_KEPT:
+            self._seen = {c: t for c, t in self._seen.items() if now - t < HINT_SECONDS}
+        ids: list[int] = []
+        for channel, env in pending:
+            if channel == ARRIVALS_CHANNEL:
+                raw = env.get("conversation_ids")
+                for cid in raw if isinstance(raw, list) else []:
+                    if isinstance(cid, int) and not isinstance(cid, bool):
+                        self._seen[cid] = now
+                        ids.append(cid)
+            elif may_need_task(env):
+                cid = int(env["conversation_id"])
+                hinted = self._seen.get(cid)
+                if hinted is not None and now - hinted < HINT_SECONDS and repeats_hint(env):
+                    continue
+                ids.append(cid)
+        return list(dict.fromkeys(ids))
+
+
+def repeats_hint(env: dict[str, Any]) -> bool:
+    """An event an arrival hint announced: a new conversation, or one the customer reopened."""
+    kind = env.get("type")
+    if kind == "conversation.created":
+        return True
+    return (
+        kind == "conversation.updated"
+        and (env.get("data") or {}).get("reason") == "customer_replied"
+    )
+
+
 def may_need_task(env: dict[str, Any]) -> bool:
     """Events naming a conversation that may need a live task: created, updated, or
     assigned to nobody (unassigned). An assignment to an agent (the engine's own among them)
@@ -755,7 +802,10 @@ class RoutingEngine:
         the first PAGE of any. One read and one insert; at most one live task per
         conversation (a unique key), so racing engines cannot double them."""
         now = self.clock.now()
-        async with self.rt.db.read() as session:
+        insert_fn = sqlite_insert if self.rt.db.is_sqlite else pg_insert
+        # One transaction for the reads and the insert (an arrival's first step: a second
+        # transaction was two more round trips and a pool checkout on its path).
+        async with self.rt.db.write() as session:
             query = (
                 select(Conversation, Inbox.kind, Customer.tier, Customer.locale)
                 .join(Inbox, Inbox.id == Conversation.inbox_id)
@@ -815,18 +865,16 @@ class RoutingEngine:
                 session,
                 [conv for conv, *_ in rows if (q := chosen[conv.id]) and q.sticky_seconds > 0],
             )
-        values = []
-        for conv, kind, _, _ in rows:
-            queue = chosen[conv.id]
-            if queue is None:
-                continue
-            values.append(
-                self._task_values(conv, kind, queue, sticky.get(conv.id), now, due.get(conv.id))
-            )
-        if not values:
-            return 0
-        insert_fn = sqlite_insert if self.rt.db.is_sqlite else pg_insert
-        async with self.rt.db.write() as session:
+            values = []
+            for conv, kind, _, _ in rows:
+                queue = chosen[conv.id]
+                if queue is None:
+                    continue
+                values.append(
+                    self._task_values(conv, kind, queue, sticky.get(conv.id), now, due.get(conv.id))
+                )
+            if not values:
+                return 0
             await session.execute(
                 insert_fn(RoutingTask.__table__)  # type: ignore[arg-type]
                 .values(values)
@@ -1801,9 +1849,11 @@ class RoutingEngine:
         return changed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Route until ``stop``. Events on the bus wake a quick pass for the conversations
-        they name (new, reopened, unassigned); every tick a quick pass runs regardless, and
-        the housekeeping (offer expiry, overflow, disconnects; the reconcile sweep every
+        """Route until ``stop``. Arrival hints (``routing.arrivals``, published by the process
+        that ingested the message, right after its commit) and events on the bus wake a quick
+        pass for the conversations they name (new, reopened, unassigned); an event that only
+        repeats a recent hint is skipped. Every tick a quick pass runs regardless, and the
+        housekeeping (offer expiry, overflow, disconnects; the reconcile sweep every
         SWEEP_SECONDS, and first) runs beside the passes in a task of its own, waking a pass
         when it changed anything: arrivals never queue behind it. The picture of the agents
         is reloaded in the background too (passes go on with the old one meanwhile) after
@@ -1811,13 +1861,15 @@ class RoutingEngine:
         wakes a pass of its own."""
         from contact_center.relay import EVENTS_CHANNEL
 
+        channels = (EVENTS_CHANNEL, WAKE_CHANNEL, ARRIVALS_CHANNEL)
         tick = self.settings.routing_tick_seconds
         loop = asyncio.get_running_loop()
-        sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
+        sub = await self.rt.bus.subscribe(*channels)
         next_full = next_snapshot = next_sweep = 0.0
         reload: asyncio.Task[None] | None = None
         chores: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
+        hints = ArrivalHints()
 
         async def reload_snapshot(into: Any) -> None:
             async with self.rt.db.read() as session:
@@ -1839,7 +1891,7 @@ class RoutingEngine:
                     now = loop.time()
                     if sub.lagged:  # we missed events: resubscribe; sweep, fresh picture
                         sub.close()
-                        sub = await self.rt.bus.subscribe(EVENTS_CHANNEL, WAKE_CHANNEL)
+                        sub = await self.rt.bus.subscribe(*channels)
                         next_full = next_snapshot = next_sweep = now
                     changed = any(
                         channel == WAKE_CHANNEL or frees_or_changes_agents(env)
@@ -1851,13 +1903,9 @@ class RoutingEngine:
                     elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
                         next_snapshot = now + SNAPSHOT_SECONDS
                         reload = asyncio.create_task(reload_snapshot(sub))
-                    # The conversations the events name get their tasks in this pass (the
-                    # sweep is only a safety net, every SWEEP_SECONDS).
-                    ids = [
-                        int(env["conversation_id"])
-                        for channel, env in pending
-                        if channel == EVENTS_CHANNEL and may_need_task(env)
-                    ]
+                    # The conversations the hints and events name get their tasks in this
+                    # pass (the sweep is only a safety net, every SWEEP_SECONDS).
+                    ids = hints.conversations(pending, now)
                     tick_due = now >= next_full
                     if tick_due:
                         next_full = now + tick
