@@ -131,6 +131,21 @@ class Database:
         async with self._read() as session:
             yield session
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncSession]:
+        """PostgreSQL: a session whose statements each commit on their own, without the
+        BEGIN and COMMIT (or ROLLBACK) round trips of a transaction: for hot paths of reads
+        that need no common snapshot (under READ COMMITTED each statement has its own anyway)
+        and single statements that are atomic alone. SQLite: a ``write()`` transaction."""
+        if self.is_sqlite:
+            async with self.write() as session:
+                yield session
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                yield session
+
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

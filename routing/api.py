@@ -20,6 +20,7 @@ from routing.engine import (
     RoutingError,
     RoutingForbidden,
     agent_loads,
+    announce_config_change,
     engine_of,
     set_presence,
     status_view,
@@ -137,9 +138,11 @@ class QueueController(Controller):
                 queue = Queue(**values, created_at=rt.clock.now())
                 session.add(queue)
                 await session.flush()
-                return queue_view(queue)
+                view = queue_view(queue)
         except IntegrityError:
             raise ClientException("a queue with this name exists", status_code=409) from None
+        await announce_config_change(rt)
+        return view
 
     @get("/{queue_id:int}", guards=[require(Role.agent)])
     async def get_queue(
@@ -166,17 +169,21 @@ class QueueController(Controller):
                 for key, value in values.items():
                     setattr(queue, key, value)
                 await session.flush()
-                return queue_view(queue)
+                view = queue_view(queue)
         except IntegrityError:
             raise ClientException("a queue with this name exists", status_code=409) from None
+        await announce_config_change(rt)
+        return view
 
     @delete("/{queue_id:int}", guards=[require(Role.admin)], status_code=204)
     async def delete_queue(self, request: Request[Any, Any, Any], queue_id: FromPath[int]) -> None:
-        async with runtime_of(request).db.write() as session:
+        rt = runtime_of(request)
+        async with rt.db.write() as session:
             queue = await session.get(Queue, queue_id)
             if queue is None:
                 raise NotFoundException("queue not found")
             await session.delete(queue)
+        await announce_config_change(rt)
 
 
 class RuleBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -236,15 +243,19 @@ class RoutingRuleController(Controller):
             )
             session.add(rule)
             await session.flush()
-            return rule_view(rule)
+            view = rule_view(rule)
+        await announce_config_change(rt)
+        return view
 
     @delete("/{rule_id:int}", guards=[require(Role.admin)], status_code=204)
     async def delete_rule(self, request: Request[Any, Any, Any], rule_id: FromPath[int]) -> None:
-        async with runtime_of(request).db.write() as session:
+        rt = runtime_of(request)
+        async with rt.db.write() as session:
             rule = await session.get(RoutingRule, rule_id)
             if rule is None:
                 raise NotFoundException("rule not found")
             await session.delete(rule)
+        await announce_config_change(rt)
 
 
 class PresenceBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -88,6 +88,8 @@ SNAPSHOT_SECONDS = 30.0
 SWEEP_SECONDS = 10.0  # the reconcile sweep (a safety net for missed events) in the run loop
 LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value)
 WAKE_CHANNEL = "routing.wake"
+CONFIG_CHANNEL = "routing.config"  # queues or rules changed: a running engine reloads them
+CONFIG_SECONDS = 5.0  # a running engine's queues and rules are reloaded at least this often
 HINT_SECONDS = 60.0  # an event repeating an arrival hint this recent is skipped
 HINTS_KEPT = 10_000  # hinted conversations remembered before the old ones are dropped
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
@@ -115,7 +117,6 @@ _INBOXES: Table = Inbox.__table__  # type: ignore[assignment]
 _MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 _TASKS: Table = RoutingTask.__table__  # type: ignore[assignment]
 _OFFERS: Table = Offer.__table__  # type: ignore[assignment]
-_QUEUES: Table = Queue.__table__  # type: ignore[assignment]
 
 
 class RoutingError(ValueError):
@@ -765,6 +766,24 @@ class RoutingEngine:
         # the lazy refresh stays right); building them walked every agent on every arrival.
         self._heaps: dict[tuple[Any, ...], list[tuple[tuple[float, ...], int]]] = {}
         self._heaps_of: dict[int, Candidate] | None = None
+        # Queues and rules, kept by the running loop (``run``) between changes: every arrival
+        # read them, two or three statements on its path. Changes through the API are
+        # announced on CONFIG_CHANNEL; anything else is seen within CONFIG_SECONDS. Outside
+        # the loop (tests, the bench's drain) every use reads them afresh.
+        self._keep_config = False
+        self._config: tuple[float, dict[int, Queue], list[RoutingRule]] | None = None
+
+    async def config(self, session: AsyncSession) -> tuple[dict[int, Queue], list[RoutingRule]]:
+        """The queues by id and the rules in order (see ``_config``)."""
+        now = asyncio.get_running_loop().time()
+        if self._keep_config and self._config is not None and now < self._config[0]:
+            return self._config[1], self._config[2]
+        queues, rules = await routing_config(session)
+        self._config = (now + CONFIG_SECONDS, queues, rules)
+        return queues, rules
+
+    def config_changed(self) -> None:
+        self._config = None
 
     # ----- tasks
 
@@ -803,9 +822,9 @@ class RoutingEngine:
         conversation (a unique key), so racing engines cannot double them."""
         now = self.clock.now()
         insert_fn = sqlite_insert if self.rt.db.is_sqlite else pg_insert
-        # One transaction for the reads and the insert (an arrival's first step: a second
-        # transaction was two more round trips and a pool checkout on its path).
-        async with self.rt.db.write() as session:
+        # No transaction on PostgreSQL: the reads need no common snapshot and the insert is
+        # atomic alone (an arrival's first step: two transactions were four more round trips).
+        async with self.rt.db.autocommit() as session:
             query = (
                 select(Conversation, Inbox.kind, Customer.tier, Customer.locale)
                 .join(Inbox, Inbox.id == Conversation.inbox_id)
@@ -826,7 +845,7 @@ class RoutingEngine:
             rows = (await session.execute(query)).all()
             if not rows:
                 return 0
-            queues, rules = await routing_config(session)
+            queues, rules = await self.config(session)
             if not queues:
                 return 0
             ids = [conv.id for conv, *_ in rows]
@@ -1132,13 +1151,14 @@ class RoutingEngine:
         """
         now = self.clock.now()
         planned: list[Planned] = []
-        async with self.rt.db.read() as session:
+        reads = self.rt.db.read() if self.rt.db.is_sqlite else self.rt.db.autocommit()
+        async with reads as session:
             if refresh or self._snapshot is None:
                 self._snapshot = await self._candidates(session)
             candidates = self._snapshot
             if not candidates:
                 return []
-            queues = {q.id: q for q in (await session.scalars(select(Queue))).all()}
+            queues, _ = await self.config(session)
             if self._heaps_of is not candidates:
                 self._heaps, self._heaps_of = {}, candidates
             heaps = self._heaps
@@ -1362,14 +1382,7 @@ class RoutingEngine:
             }
             if not claimed:
                 return []
-            queues = {
-                r.id: r
-                for r in (
-                    await session.execute(
-                        select(_QUEUES.c.id, _QUEUES.c.offer_timeout_seconds, _QUEUES.c.auto_accept)
-                    )
-                ).all()
-            }
+            queues, _ = await self.config(session)
             made: list[tuple[Offer, Row[Any], Row[Any], bool]] = []
             released: list[int] = []  # the plan no longer holds: the task waits again
             moot: list[int] = []  # assigned or closed since it was queued: the task ends
@@ -1861,7 +1874,7 @@ class RoutingEngine:
         wakes a pass of its own."""
         from contact_center.relay import EVENTS_CHANNEL
 
-        channels = (EVENTS_CHANNEL, WAKE_CHANNEL, ARRIVALS_CHANNEL)
+        channels = (EVENTS_CHANNEL, WAKE_CHANNEL, ARRIVALS_CHANNEL, CONFIG_CHANNEL)
         tick = self.settings.routing_tick_seconds
         loop = asyncio.get_running_loop()
         sub = await self.rt.bus.subscribe(*channels)
@@ -1870,6 +1883,7 @@ class RoutingEngine:
         chores: asyncio.Task[None] | None = None
         pending: list[tuple[str, dict[str, Any]]] = []
         hints = ArrivalHints()
+        self._keep_config, self._config = True, None
 
         async def reload_snapshot(into: Any) -> None:
             async with self.rt.db.read() as session:
@@ -1893,6 +1907,9 @@ class RoutingEngine:
                         sub.close()
                         sub = await self.rt.bus.subscribe(*channels)
                         next_full = next_snapshot = next_sweep = now
+                        self.config_changed()
+                    if any(channel == CONFIG_CHANNEL for channel, _ in pending):
+                        self.config_changed()
                     changed = any(
                         channel == WAKE_CHANNEL or frees_or_changes_agents(env)
                         for channel, env in pending
@@ -1924,11 +1941,13 @@ class RoutingEngine:
                 except Exception:
                     log.exception("routing pass failed; retrying")
                     self._snapshot = None
+                    self.config_changed()
                     next_sweep = 0.0  # the events of the failed pass: the sweep finds them
                     await asyncio.sleep(1)
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
+            self._keep_config, self._config = False, None
             for task in (reload, chores):
                 if task is not None:
                     task.cancel()
@@ -1937,6 +1956,11 @@ class RoutingEngine:
     async def _load_candidates(self) -> dict[int, Candidate]:
         async with self.rt.db.read() as session:
             return await self._candidates(session)
+
+
+async def announce_config_change(rt: Runtime) -> None:
+    """After a committed change to queues or routing rules: running engines reload them."""
+    await rt.bus.publish(CONFIG_CHANNEL, {})
 
 
 def engine_of(rt: Runtime) -> RoutingEngine:

@@ -281,3 +281,63 @@ async def test_transfer_rules_offline_target_authority_and_one_transaction(
             )
         ).all()
     assert notes == ["Transfer note: over to you"]
+
+
+async def test_a_running_engine_follows_queue_and_rule_changes_at_once(
+    client: httpx.AsyncClient, org: Org, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running engine keeps queues and rules between changes; a change through the API
+    is announced, so the very next arrival is routed by it (not after CONFIG_SECONDS)."""
+    import asyncio
+
+    import routing.engine as engine_module
+    from tests.routing_helpers import make_agent
+
+    monkeypatch.setattr(engine_module, "CONFIG_SECONDS", 3600.0)
+    admin = org.admin.headers
+    support = await make_queue(rt, "Support", is_default=True)
+    agent = await make_agent(rt, "Agent", capacity={"chat": 5})
+    stop = asyncio.Event()
+    runner = asyncio.create_task(engine(rt).run(stop))
+
+    async def routed(text: str) -> tuple[int, int | None]:
+        conv = await arrive(rt, text)
+        await rt.committed()
+        async with asyncio.timeout(10):
+            while True:
+                async with rt.db.read() as session:
+                    queue_id = await session.scalar(
+                        select(engine_module.RoutingTask.queue_id).where(
+                            engine_module.RoutingTask.conversation_id == conv
+                        )
+                    )
+                if queue_id is not None and (
+                    await offer_for(rt, conv) is not None or await assignee(rt, conv) is not None
+                ):
+                    return queue_id, await assignee(rt, conv)
+                await asyncio.sleep(0.02)
+
+    try:
+        assert await routed("hello") == (support, None)  # offered, not auto-accepted
+        response = await client.patch(
+            f"/api/v1/queues/{support}", json={"auto_accept": ["chat"]}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+        assert await routed("hello again") == (support, agent)  # auto-accepted now
+        created = await client.post("/api/v1/queues", json={"name": "Billing"}, headers=admin)
+        assert created.status_code == 201, created.text
+        billing = created.json()["id"]
+        rule = await client.post(
+            "/api/v1/routing-rules",
+            json={"queue_id": billing, "keywords": ["invoice"]},
+            headers=admin,
+        )
+        assert rule.status_code == 201, rule.text
+        assert (await routed("my invoice is wrong"))[0] == billing
+        deleted = await client.delete(f"/api/v1/routing-rules/{rule.json()['id']}", headers=admin)
+        assert deleted.status_code == 204
+        assert (await routed("another invoice"))[0] == support
+    finally:
+        stop.set()
+        await rt.committed()
+        await asyncio.wait_for(runner, 10)
