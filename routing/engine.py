@@ -772,6 +772,10 @@ class RoutingEngine:
         # the loop (tests, the bench's drain) every use reads them afresh.
         self._keep_config = False
         self._config: tuple[float, dict[int, Queue], list[RoutingRule]] | None = None
+        # Set while the running loop (``run``) is between passes; the SLA consumer on the same
+        # event loop waits for it between events (``SlaService._give_way``). None when no
+        # loop runs.
+        self.idle: asyncio.Event | None = None
 
     async def config(self, session: AsyncSession) -> tuple[dict[int, Queue], list[RoutingRule]]:
         """The queues by id and the rules in order (see ``_config``)."""
@@ -1884,6 +1888,8 @@ class RoutingEngine:
         pending: list[tuple[str, dict[str, Any]]] = []
         hints = ArrivalHints()
         self._keep_config, self._config = True, None
+        self.idle = idle = asyncio.Event()
+        idle.set()
 
         async def reload_snapshot(into: Any) -> None:
             async with self.rt.db.read() as session:
@@ -1937,7 +1943,11 @@ class RoutingEngine:
                         # housekeeping or a reloaded snapshot. The engine's own offers and
                         # assignments, messages and the like do not (a pass for each of them
                         # queued the next arrival behind a plan over every agent).
-                        await self.run_pass(full=False, conversations=ids, agents_changed=False)
+                        idle.clear()
+                        try:
+                            await self.run_pass(full=False, conversations=ids, agents_changed=False)
+                        finally:
+                            idle.set()
                 except Exception:
                     log.exception("routing pass failed; retrying")
                     self._snapshot = None
@@ -1947,7 +1957,7 @@ class RoutingEngine:
                 item = await sub.get(timeout=max(0.0, next_full - loop.time()))
                 pending = ([item] if item is not None else []) + sub.take_queued()
         finally:
-            self._keep_config, self._config = False, None
+            self._keep_config, self._config, self.idle = False, None, None
             for task in (reload, chores):
                 if task is not None:
                     task.cancel()

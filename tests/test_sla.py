@@ -856,3 +856,39 @@ async def test_the_consumer_skips_unrelated_events_without_missing_later_ones(
     cid = await arrive(rt)
     await sla_pass(rt)
     assert (await one(rt, cid, "first_response")).status == "running"
+
+
+async def test_the_consumer_gives_way_to_a_routing_pass_but_never_starves(
+    rt: Runtime, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the SLA consumer (on the scheduler's event loop, beside the engine)
+    waits between events while a routing pass runs, and goes on when it ends; an engine busy
+    without a break holds it back only for GIVE_WAY_SECONDS. SQLite never waits (its open
+    write transaction would block the pass)."""
+    import routing.sla as sla_module
+
+    await make_inbox(rt)
+    await make_policy(rt)
+    conv = await arrive(rt, "hello")
+    await relay(rt)
+    idle = asyncio.Event()  # a pass in progress
+    engine(rt).idle = idle
+    monkeypatch.setattr(sla_module, "GIVE_WAY_SECONDS", 3600.0)
+    consumer = asyncio.create_task(service_of(rt).consume())
+    try:
+        if backend == "postgres":
+            await asyncio.sleep(0.3)
+            assert not consumer.done() and await clocks(rt, conv) == []
+            idle.set()  # the pass ends
+        assert await asyncio.wait_for(consumer, 10) > 0
+        assert {c.metric for c in await clocks(rt, conv)} == {"first_response", "resolution"}
+        # Busy without a break: the consumer waits its budget, then applies the events.
+        monkeypatch.setattr(sla_module, "GIVE_WAY_SECONDS", 0.2)
+        idle.clear()
+        second = await arrive(rt, "hello again")
+        await relay(rt)
+        assert await asyncio.wait_for(service_of(rt).consume(), 10) > 0
+        assert len(await clocks(rt, second)) == 2
+    finally:
+        consumer.cancel()
+        engine(rt).idle = None
