@@ -123,6 +123,10 @@ class LocalFanout:
 class Bus(Protocol):
     async def start(self) -> None: ...
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+    async def publish_many(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """``publish`` each, in order (on Redis in one round trip)."""
+        ...
+
     async def subscribe(self, *channels: str) -> Subscription: ...
     async def close(self) -> None: ...
 
@@ -136,6 +140,10 @@ class InProcessBus:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         self._fanout.deliver(channel, message)
+
+    async def publish_many(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            self._fanout.deliver(channel, message)
 
     async def subscribe(self, *channels: str) -> Subscription:
         sub = Subscription(self._fanout, channels)
@@ -168,6 +176,14 @@ class RedisBus:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         await self._redis.publish(self._prefix + channel, json.dumps(message, default=str))
+
+    async def publish_many(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                pipe.publish(self._prefix + channel, json.dumps(message, default=str))
+            await pipe.execute()
 
     async def subscribe(self, *channels: str) -> Subscription:
         sub = Subscription(self._fanout, channels)

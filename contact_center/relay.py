@@ -154,8 +154,7 @@ class Relay:
         if not batch:
             return 0
         # Everything to the bus first (agents and wallboards wait on it), then the jobs.
-        for env in batch:
-            await self.rt.bus.publish(EVENTS_CHANNEL, env)
+        await self.rt.bus.publish_many(EVENTS_CHANNEL, batch)
         for env in batch:
             for sub in self.subscriptions:
                 if sub.matches(env):

@@ -69,6 +69,18 @@ async def test_subscriber_gets_later_messages_in_order(bus: Bus) -> None:
     sub.close()
 
 
+async def test_a_batch_is_published_in_order(bus: Bus) -> None:
+    sub = await bus.subscribe("a")
+    other = await bus.subscribe("b")
+    await bus.publish_many("a", [{"n": n} for n in range(20)])
+    await bus.publish_many("a", [])
+    await bus.publish("a", {"n": 20})
+    assert await receive(sub, 21) == [("a", {"n": n}) for n in range(21)]
+    assert await other.get(timeout=0.2) is None
+    sub.close()
+    other.close()
+
+
 async def test_every_subscriber_of_a_channel_gets_every_message(bus: Bus) -> None:
     subs = [await bus.subscribe("a") for _ in range(3)]
     for n in range(10):
