@@ -125,6 +125,10 @@ class Scheduler:
     async def _every(self, job: Periodic, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                # A routing pass in progress (same event loop) finishes first.
+                engine = self.rt.extras.get("routing")
+                if engine is not None and hasattr(engine, "after_pass"):
+                    await engine.after_pass()
                 await job.run(self.rt)
             except Exception:
                 log.exception("periodic %s failed", job.name)

@@ -90,6 +90,7 @@ LOAD_STATUSES = (ConversationStatus.open.value, ConversationStatus.pending.value
 WAKE_CHANNEL = "routing.wake"
 CONFIG_CHANNEL = "routing.config"  # queues or rules changed: a running engine reloads them
 CONFIG_SECONDS = 5.0  # a running engine's queues and rules are reloaded at least this often
+AFTER_PASS_SECONDS = 0.5  # background work waits at most this long for a pass to end
 HINT_SECONDS = 60.0  # an event repeating an arrival hint this recent is skipped
 HINTS_KEPT = 10_000  # hinted conversations remembered before the old ones are dropped
 SNAPSHOT_CHANNEL = "routing.snapshot"  # local only: a reloaded picture of the agents is ready
@@ -788,6 +789,15 @@ class RoutingEngine:
 
     def config_changed(self) -> None:
         self._config = None
+
+    async def after_pass(self, limit: float = AFTER_PASS_SECONDS) -> None:
+        """Wait (up to ``limit``) for the running loop's pass in progress to end: background
+        work on the same event loop (housekeeping, a timed snapshot reload, the scheduler's
+        periodic jobs) starts between passes instead of slowing an arrival's pass."""
+        idle = self.idle
+        if idle is not None and not idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), limit)
 
     # ----- tasks
 
@@ -1891,7 +1901,9 @@ class RoutingEngine:
         self.idle = idle = asyncio.Event()
         idle.set()
 
-        async def reload_snapshot(into: Any) -> None:
+        async def reload_snapshot(into: Any, timed: bool) -> None:
+            if timed:  # nothing changed: not worth slowing the pass in progress
+                await self.after_pass()
             async with self.rt.db.read() as session:
                 self._snapshot = await self._candidates(session)
             into.notify(SNAPSHOT_CHANNEL, {})
@@ -1899,6 +1911,7 @@ class RoutingEngine:
         async def housekeep(into: Any, sweep: bool) -> None:
             nonlocal next_sweep
             try:
+                await self.after_pass()
                 if await self.housekeeping(sweep=sweep):
                     into.notify(HOUSEKEEPING_CHANNEL, {})
             except Exception:
@@ -1925,7 +1938,7 @@ class RoutingEngine:
                         next_snapshot = now + SNAPSHOT_SECONDS
                     elif (changed or now >= next_snapshot) and (reload is None or reload.done()):
                         next_snapshot = now + SNAPSHOT_SECONDS
-                        reload = asyncio.create_task(reload_snapshot(sub))
+                        reload = asyncio.create_task(reload_snapshot(sub, not changed))
                     # The conversations the hints and events name get their tasks in this
                     # pass (the sweep is only a safety net, every SWEEP_SECONDS).
                     ids = hints.conversations(pending, now)

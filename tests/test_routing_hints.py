@@ -154,3 +154,39 @@ async def test_the_engine_without_pre_ping_outlives_dropped_connections(
         stop.set()
         await asyncio.wait_for(runner, WAIT)
         await scheduler_rt.close()
+
+
+async def test_background_work_starts_between_passes(rt: Runtime) -> None:
+    """Housekeeping, timed snapshot reloads and the scheduler's periodic jobs share the
+    engine's event loop: they start when the pass in progress has ended (or after a limit)."""
+    from contact_center.relay import Relay
+    from contact_center.scheduler import Periodic, Scheduler
+    from contact_center.wiring import subscriptions
+    from routing.engine import engine_of
+
+    eng = engine_of(rt)
+    idle = asyncio.Event()  # a pass in progress
+    eng.idle = idle
+    ran = asyncio.Event()
+
+    async def job(_: Runtime) -> None:
+        ran.set()
+
+    stop = asyncio.Event()
+    scheduler = Scheduler(rt, Relay(rt, subscriptions()), [Periodic("probe", 60.0, job)])
+    runner = asyncio.create_task(scheduler.run(stop))
+    try:
+        waiter = asyncio.create_task(eng.after_pass(limit=3600))
+        await asyncio.sleep(0.3)
+        assert not waiter.done() and not ran.is_set()
+        idle.set()  # the pass ends
+        await asyncio.wait_for(waiter, WAIT)
+        await asyncio.wait_for(ran.wait(), WAIT)
+        idle.clear()  # a pass that never ends holds nothing back for long
+        await asyncio.wait_for(eng.after_pass(limit=0.05), WAIT)
+        eng.idle = None  # no running loop: nothing to wait for
+        await asyncio.wait_for(eng.after_pass(limit=3600), WAIT)
+    finally:
+        eng.idle = None
+        stop.set()
+        await asyncio.wait_for(runner, WAIT + 5)
