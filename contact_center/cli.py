@@ -204,7 +204,8 @@ async def _demo(settings: Settings, simulate: bool) -> None:
     rt = await build_runtime(settings)
     sandbox.TWILIO_TOKENS[demo_org.TWILIO_ACCOUNT] = demo_org.TWILIO_TOKEN
     smtp_server = await serve_smtp(rt, settings.smtp_host, settings.smtp_port)
-    sink = await sandbox.serve_smtp_sink("127.0.0.1", demo_org.SANDBOX_SMTP_PORT)
+    # The sandbox's SMTP relay listens on the port after ours (2526 by default).
+    sink = await sandbox.serve_smtp_sink("127.0.0.1", settings.smtp_port + 1)
     created = await demo_org.seed(rt)
     app = create_app(runtime=rt, run_scheduler=True, extra_route_handlers=sandbox.route_handlers)
     settle_heap()

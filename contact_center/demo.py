@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 TWILIO_ACCOUNT = "AC00000000000000000000000000000000"
 TWILIO_TOKEN = "demo-twilio-token"  # noqa: S105 - documented demo credential
 SMS_NUMBER = "+15005550006"
-SANDBOX_SMTP_PORT = 2526
 
 SKILLS = {
     "ayse@example.com": {"billing": 4},

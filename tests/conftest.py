@@ -7,6 +7,16 @@ Each pytest process migrates one PostgreSQL database (``CC_TEST_PG_DB``, default
 and one SQLite template once, then gives every test a clean copy (SQLite) or truncated tables
 (PostgreSQL) and an empty Redis database (``CC_TEST_REDIS_DB``, default 9). Under ``CI=true`` a
 missing PostgreSQL or Redis fails the run instead of skipping.
+
+Under pytest-xdist (``./dev test`` runs ``-n 2``) every worker is such a process with its own
+databases, derived from its id (``PYTEST_XDIST_WORKER``, ``gw0``, ``gw1``, ...): PostgreSQL
+``<CC_TEST_PG_DB>_gw<i>`` and Redis database ``CC_TEST_REDIS_DB - 1 - i``, taken downward from
+the base so they never reach the databases above it (13 and 14 belong to the benchmarks); with
+the default base 9 the workers use 8, 7, .... A run without xdist, or with ``-n 0``, uses the
+base databases themselves, so a serial run and a parallel one with the same settings do not
+meet. Everything else a test holds is per process already: ``tmp_path`` (xdist gives each
+worker its own base directory, hence its own SQLite template), loopback ports (bound to port
+0), and Redis keys such as the scheduler's leader lease (in the worker's own database).
 """
 
 from __future__ import annotations
@@ -30,12 +40,44 @@ from contact_center.wiring import build_runtime
 from tests import browser as browser_support
 
 PG_ADMIN_URL = os.environ.get("CC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_DB = os.environ.get("CC_TEST_PG_DB", "cc_test")
 REDIS_BASE = os.environ.get("CC_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("CC_TEST_REDIS_DB", "9"))
+# pytest-xdist's worker id ("gw0", "gw1", ...); empty in a run without workers.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 BACKENDS = ["sqlite", "postgres"]
+
+
+def _test_databases() -> tuple[str, int]:
+    """This process's PostgreSQL database and Redis database number (see the docstring)."""
+    pg_db = os.environ.get("CC_TEST_PG_DB", "cc_test")
+    redis_db = int(os.environ.get("CC_TEST_REDIS_DB", "9"))
+    if not XDIST_WORKER:
+        return pg_db, redis_db
+    index = int(XDIST_WORKER.removeprefix("gw"))
+    worker_db = redis_db - 1 - index
+    if worker_db < 0:
+        raise pytest.UsageError(
+            f"xdist worker {XDIST_WORKER} would use Redis database {worker_db}: workers take "
+            f"CC_TEST_REDIS_DB - 1 - i (CC_TEST_REDIS_DB={redis_db}); use fewer workers (-n) or "
+            "a higher CC_TEST_REDIS_DB"
+        )
+    return f"{pg_db}_{XDIST_WORKER}", worker_db
+
+
+PG_DB, REDIS_DB = _test_databases()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, before starting any, more xdist workers than there are Redis databases below
+    the base (a worker refuses too, but only once it has started; see _test_databases)."""
+    workers = len(getattr(config.option, "tx", None) or [])
+    if not XDIST_WORKER and workers > REDIS_DB:
+        raise pytest.UsageError(
+            f"{workers} xdist workers need Redis databases {REDIS_DB - 1} down to "
+            f"{REDIS_DB - workers} (CC_TEST_REDIS_DB - 1 - i); use fewer workers (-n) or a "
+            "higher CC_TEST_REDIS_DB"
+        )
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -182,6 +224,11 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("backend") == "postgres":
             item.add_marker(pytest.mark.postgres)
+    if XDIST_WORKER:
+        # The minutes-long tests (the routing simulation) go first, while the other workers run
+        # the rest; started late, one of them would finish the run alone. Every worker sorts
+        # the same collection the same way (stable sort), as xdist requires.
+        items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.hookimpl(wrapper=True)

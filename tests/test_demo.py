@@ -26,6 +26,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too: the demo's SMTP server and its sandbox relay
+    (CC_SMTP_PORT and the next), so a demo here never meets another one on 2525/2526."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):  # taken, or past 65535
+                continue
+            return port
+
+
 @dataclass
 class Demo:
     url: str
@@ -42,6 +56,7 @@ async def demo_run(tmp_path: Path) -> AsyncIterator[Demo]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
     env["CC_PORT"] = str(port)
+    env["CC_SMTP_PORT"] = str(free_port_pair())
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

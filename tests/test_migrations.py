@@ -16,7 +16,7 @@ from contact_center.db import Database, NotMigratedError, head_revision, migrate
 from contact_center.metadata import target_metadata
 from contact_center.settings import load_settings
 from contact_center.wiring import build_runtime
-from tests.conftest import _recreate_pg, pg_url, require_services
+from tests.conftest import PG_DB, _recreate_pg, pg_url, require_services
 
 
 def _diff(conn: Connection) -> list[object]:
@@ -29,8 +29,9 @@ async def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     require_services()
-    await _recreate_pg("cc_test_migrations")
-    return pg_url("cc_test_migrations")
+    name = f"{PG_DB}_migrations"  # this process's own, like PG_DB (parallel runs and workers)
+    await _recreate_pg(name)
+    return pg_url(name)
 
 
 async def test_fresh_database_upgrades_to_head_and_matches_models(empty_db: str) -> None:

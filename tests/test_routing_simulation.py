@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from contact_center.clock import ManualClock
@@ -542,6 +543,7 @@ class Simulation:
             )
 
 
+@pytest.mark.long
 async def test_simulated_day_answers_everyone_with_qualified_agents_within_capacity(
     rt: Runtime, clock: ManualClock
 ) -> None:
