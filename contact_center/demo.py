@@ -81,7 +81,9 @@ PEOPLE = [
 ]
 
 
-def inboxes(public_url: str) -> list[dict[str, Any]]:
+def inboxes(public_url: str, smtp_port: int) -> list[dict[str, Any]]:
+    """The demo's inboxes. Replies by email go to the sandbox's SMTP relay, which the demo
+    runs on the port after its own SMTP server (``smtp_port + 1``) and lists in the outbox."""
     sandbox = f"{public_url}/demo/sandbox"
     meta = {
         "app_secret": "demo-meta-secret",
@@ -95,7 +97,7 @@ def inboxes(public_url: str) -> list[dict[str, Any]]:
             "name": "Support email",
             "kind": "email",
             "address": "support@example.com",
-            "credentials": {},
+            "credentials": {"smtp_host": "127.0.0.1", "smtp_port": smtp_port + 1},
             "api_base_url": None,
         },
         {
@@ -186,10 +188,12 @@ async def seed_organisation(rt: Runtime) -> bool:
     async with rt.db.write() as session:
         if await session.scalar(select(Agent.id).where(Agent.email == "admin@example.com")):
             # A demo database from an earlier version: add the inboxes it lacks.
-            have = set((await session.scalars(select(Inbox.id))).all())
-            for spec in inboxes(rt.settings.public_url):
+            have = {i.id: i for i in (await session.scalars(select(Inbox))).all()}
+            for spec in inboxes(rt.settings.public_url, rt.settings.smtp_port):
                 if spec["id"] not in have:
                     session.add(Inbox(**spec, settings={}, is_active=True, created_at=now))
+                elif spec["id"] == "email" and not (have["email"].credentials or {}):
+                    have["email"].credentials = spec["credentials"]  # was seeded without
             return False
         teams = {
             name: Team(name=name, description=f"{name} questions", created_at=now)
@@ -214,7 +218,7 @@ async def seed_organisation(rt: Runtime) -> bool:
             session.add(agent)
             await session.flush()
             session.add_all(TeamMember(team_id=teams[t].id, agent_id=agent.id) for t in team_names)
-        for spec in inboxes(rt.settings.public_url):
+        for spec in inboxes(rt.settings.public_url, rt.settings.smtp_port):
             session.add(Inbox(**spec, settings={}, is_active=True, created_at=now))
         for position, (name, skills, team, keywords) in enumerate(QUEUES, start=1):
             queue = Queue(

@@ -44,6 +44,7 @@ def free_port_pair() -> int:
 class Demo:
     url: str
     banner: str  # what `contact-center demo` printed for the user
+    smtp_port: int = 0  # the demo's inbound SMTP server
 
 
 @pytest.fixture
@@ -56,7 +57,8 @@ async def demo_run(tmp_path: Path) -> AsyncIterator[Demo]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CC_")}
     env["CC_PORT"] = str(port)
-    env["CC_SMTP_PORT"] = str(free_port_pair())
+    smtp_port = free_port_pair()
+    env["CC_SMTP_PORT"] = str(smtp_port)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -89,7 +91,7 @@ async def demo_run(tmp_path: Path) -> AsyncIterator[Demo]:
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
             assert line, banner
             banner += line.decode()
-        yield Demo(url, banner)
+        yield Demo(url, banner, smtp_port)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -155,6 +157,63 @@ async def test_demo_organisation_and_reply_through_the_sandbox(demo: str) -> Non
         assert status == "delivered"
         assert [o["body"] for o in outbox] == ["Merhaba, hemen bakıyorum."]
         assert outbox[0]["from"] == "+15005550006"
+
+
+async def test_demo_email_round_trip(demo_run: Demo) -> None:
+    """A customer writes to support@example.com over SMTP; the agent's reply leaves through
+    the sandbox's SMTP relay (it was refused before: the demo inbox had no relay)."""
+    import smtplib
+    from email.message import EmailMessage
+
+    url = demo_run.url
+    mail = EmailMessage()
+    mail["From"] = "Deniz Kaya <deniz@customer.test>"
+    mail["To"] = "support@example.com"
+    mail["Subject"] = "Fatura sorusu"
+    mail["Message-ID"] = "<demo-email-1@customer.test>"
+    mail.set_content("Merhaba, faturam iki kez kesilmiş.")
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", demo_run.smtp_port, timeout=10) as smtp:
+            smtp.send_message(mail)
+
+    await asyncio.to_thread(send)
+    async with httpx.AsyncClient(timeout=10) as client:
+        agent = await login(client, url, "ayse@example.com", "demo-agent")
+        convs: dict[str, Any] = {"total": 0}
+        for _ in range(60):
+            convs = (
+                await client.get(
+                    f"{url}/api/v1/conversations", params={"inbox_id": "email"}, headers=agent
+                )
+            ).json()
+            if convs["total"]:
+                break
+            await asyncio.sleep(0.25)
+        conv = next(c for c in convs["items"] if c.get("subject") == "Fatura sorusu")
+        sent = await client.post(
+            f"{url}/api/v1/conversations/{conv['id']}/messages",
+            headers=agent,
+            json={"text": "Hemen kontrol ediyorum."},
+        )
+        assert sent.status_code == 201, sent.text
+        mails: list[dict[str, Any]] = []
+        status = None
+        for _ in range(60):
+            outbox = (await client.get(f"{url}/demo/outbox?format=json")).json()["items"]
+            mails = [o for o in outbox if o["provider"] == "smtp"]
+            messages = (
+                await client.get(f"{url}/api/v1/conversations/{conv['id']}/messages", headers=agent)
+            ).json()
+            status = next(m for m in messages if m["id"] == sent.json()["id"])["delivery_status"]
+            if mails and status == "sent":  # SMTP has no delivery receipt: sent is final
+                break
+            await asyncio.sleep(0.25)
+        assert status == "sent"
+        assert [(m["to"], m["subject"]) for m in mails] == [
+            ("deniz@customer.test", "Re: Fatura sorusu")
+        ]
+        assert "Hemen kontrol ediyorum." in mails[0]["body"]
 
 
 async def test_demo_widget_and_telegram_round_trip(demo: str) -> None:
