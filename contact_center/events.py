@@ -57,15 +57,15 @@ def append(
     agent_id: int | None = None,
 ) -> DomainEvent:
     """Add an event to the current transaction. It becomes visible only if the change commits."""
-    if not known(event_type):
-        raise ValueError(f"unknown domain event type {event_type!r}")
     event = DomainEvent(
-        type=event_type,
-        payload=payload,
-        conversation_id=conversation_id,
-        customer_id=customer_id,
-        agent_id=agent_id,
-        created_at=clock.now(),
+        **row(
+            event_type,
+            payload,
+            clock=clock,
+            conversation_id=conversation_id,
+            customer_id=customer_id,
+            agent_id=agent_id,
+        )
     )
     session.add(event)
     return event

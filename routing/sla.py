@@ -9,7 +9,6 @@ transaction, so every transition and every ``sla.warning`` / ``sla.breached`` ha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -640,16 +639,12 @@ class SlaService:
         busy without a break cannot stall the clocks). Nothing the engine needs is locked
         meanwhile: the consumer's own state row and clock rows; tasks are re-ranked after the
         last event. Not on SQLite, where the open write transaction would block the pass."""
-        engine = self.rt.extras.get("routing")
-        idle = getattr(engine, "idle", None)
-        if not isinstance(idle, asyncio.Event) or idle.is_set() or budget[0] <= 0:
-            return
-        if self.rt.db.is_sqlite:
+        engine: Any = self.rt.extras.get("routing")
+        if self.rt.db.is_sqlite or budget[0] <= 0 or not hasattr(engine, "after_pass"):
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(idle.wait(), budget[0])
+        await engine.after_pass(budget[0])
         budget[0] -= loop.time() - started
 
     async def _apply(

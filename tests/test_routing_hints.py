@@ -120,13 +120,10 @@ async def test_the_engine_routes_a_hinted_arrival_without_the_relay(
         await asyncio.wait_for(runner, WAIT)
 
 
-async def test_the_engine_without_pre_ping_outlives_dropped_connections(
-    rt: Runtime, backend: str
-) -> None:
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite has no connections
+async def test_the_engine_without_pre_ping_outlives_dropped_connections(rt: Runtime) -> None:
     """The scheduler's runtime has no pre-ping: after the server dropped every connection
     (a restart), one pass fails, the pool starts afresh and routing goes on."""
-    if backend == "sqlite":
-        pytest.skip("PostgreSQL's connections (SQLite has none to lose)")
     await make_inbox(rt)
     await make_queue(rt, is_default=True)
     await make_agent(rt, "Agent", capacity={"chat": 5})
